@@ -1,0 +1,253 @@
+"""Runs the whole system on one machine: what `make run` and the end-to-end tests use.
+
+    python -m deploy.local.stack            # everything at http://localhost:8000, Ctrl-C stops it all
+
+It creates the database if needed and migrates it, starts an S3 server process (moto) when S3_ENDPOINT_URL is
+not set and creates the bucket, then starts gateway, orchestrator, three executors and progress, each as its
+own process the way a deployment would, and waits until every one reports healthy.
+"""
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import httpx
+from aiobotocore.session import get_session
+from botocore.exceptions import ClientError
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class StackSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/processing_db"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    s3_endpoint_url: str | None = None
+    s3_bucket: str = "artifacts-bucket"
+    s3_region: str = "us-east-1"
+    aws_access_key_id: str = "test"
+    aws_secret_access_key: str = "test"  # noqa: S105 - local S3 server credentials
+    gateway_port: int = 8000
+    orchestrator_port: int = 8001
+    progress_port: int = 8002
+    executor_base_port: int = 8101
+    executors: int = Field(default=3, ge=1)
+    orchestrators: int = Field(default=1, ge=1)
+    moto_port: int = 5010
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    health_url: str | None
+
+
+@dataclass
+class Stack:
+    settings: StackSettings
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    log_dir: Path | None = None
+    processes: list[Process] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.gateway_port}"
+
+    # --- start ---------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 60.0) -> None:
+        try:
+            if not self.settings.s3_endpoint_url:
+                self._start_moto()
+            asyncio.run(self._prepare_backends())
+            self._migrate()
+            self._start_services()
+            self._wait_healthy(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_moto(self) -> None:
+        port = self.settings.moto_port
+        if not _port_free(port):
+            port = free_port()
+        self.settings.s3_endpoint_url = f"http://127.0.0.1:{port}"
+        moto = Path(sys.executable).with_name("moto_server")
+        self._spawn("s3", [str(moto), "-H", "127.0.0.1", "-p", str(port)], f"{self.settings.s3_endpoint_url}/moto-api/", {})
+
+    def _env(self, **overrides: str) -> dict[str, str]:
+        s = self.settings
+        env = {
+            **os.environ,
+            "DATABASE_URL": s.database_url,
+            "REDIS_URL": s.redis_url,
+            "S3_ENDPOINT_URL": s.s3_endpoint_url or "",
+            "S3_BUCKET": s.s3_bucket,
+            "S3_REGION": s.s3_region,
+            "AWS_ACCESS_KEY_ID": s.aws_access_key_id,
+            "AWS_SECRET_ACCESS_KEY": s.aws_secret_access_key,
+            "PROGRESS_URL": f"http://127.0.0.1:{s.progress_port}",
+            "HOST": "127.0.0.1",
+            "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
+            **overrides,
+        }
+        return env
+
+    async def _prepare_backends(self) -> None:
+        url = make_url(self.settings.database_url)
+        admin = await asyncpg.connect(
+            host=url.host, port=url.port or 5432, user=url.username, password=url.password, database="postgres"
+        )
+        try:
+            if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", url.database):
+                await admin.execute(f'CREATE DATABASE "{url.database}"')
+        finally:
+            await admin.close()
+        deadline = time.monotonic() + 20
+        async with get_session().create_client(
+            "s3",
+            region_name=self.settings.s3_region,
+            endpoint_url=self.settings.s3_endpoint_url,
+            aws_access_key_id=self.settings.aws_access_key_id,
+            aws_secret_access_key=self.settings.aws_secret_access_key,
+        ) as s3:
+            while True:
+                try:
+                    await s3.head_bucket(Bucket=self.settings.s3_bucket)
+                    break
+                except ClientError:
+                    await s3.create_bucket(Bucket=self.settings.s3_bucket)
+                    break
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+
+    def _migrate(self) -> None:
+        subprocess.run(  # noqa: S603 - our own interpreter and alembic
+            [sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=self._env(), check=True
+        )
+
+    def _start_services(self) -> None:
+        s = self.settings
+        self._service("progress", "progress", s.progress_port)
+        for n in range(1, s.orchestrators + 1):
+            port = s.orchestrator_port if n == 1 else free_port()
+            self._service(f"orchestrator-{n}", "orchestrator", port)
+        for n in range(1, s.executors + 1):
+            self._service(f"executor-{n}", "executor", s.executor_base_port + n - 1)
+        self._service("gateway", "gateway", s.gateway_port)
+
+    def _service(self, name: str, module: str, port: int) -> None:
+        env = self._env(PORT=str(port), INSTANCE_ID=name)
+        self._spawn(name, [sys.executable, "-m", f"services.{module}"], f"http://127.0.0.1:{port}/health", env)
+
+    def _spawn(self, name: str, argv: list[str], health_url: str | None, env: Mapping[str, str]) -> None:
+        output = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            output = (self.log_dir / f"{name}.log").open("ab")
+        popen = subprocess.Popen(  # noqa: S603 - argv is ours
+            argv, cwd=ROOT, env=dict(env) or None, stdout=output, stderr=subprocess.STDOUT if output else None
+        )
+        self.processes.append(Process(name, popen, health_url))
+
+    def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        pending = [p for p in self.processes if p.health_url]
+        with httpx.Client(timeout=2.0) as client:
+            while pending:
+                for process in list(pending):
+                    if process.popen.poll() is not None:
+                        msg = f"{process.name} exited with code {process.popen.returncode} during start-up"
+                        raise RuntimeError(msg)
+                    try:
+                        if client.get(process.health_url).status_code < 300:  # type: ignore[arg-type]
+                            pending.remove(process)
+                    except httpx.TransportError:
+                        pass
+                if pending and time.monotonic() > deadline:
+                    msg = f"not healthy after {timeout}s: {', '.join(p.name for p in pending)}"
+                    raise RuntimeError(msg)
+                time.sleep(0.2)
+
+    # --- control -------------------------------------------------------------------------------
+
+    def process(self, name: str) -> Process:
+        return next(p for p in self.processes if p.name == name)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM everything (services first, the S3 server last), then SIGKILL what is still running."""
+        for process in reversed(self.processes):
+            if process.popen.poll() is None:
+                process.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for process in reversed(self.processes):
+            try:
+                process.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.popen.kill()
+                process.popen.wait()
+        self.processes.clear()
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--executors", type=int, help="executor instances (default 3)")
+    args = parser.parse_args()
+    settings = StackSettings()
+    if args.executors:
+        settings.executors = args.executors
+    stack = Stack(settings)
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack.start()
+        print(f"\nObject Processing API is up at http://localhost:{settings.gateway_port}  (docs: /docs)")  # noqa: T201
+        print(f"S3 endpoint: {settings.s3_endpoint_url}, bucket: {settings.s3_bucket}. Ctrl-C stops everything.\n")  # noqa: T201
+        while all(p.popen.poll() is None for p in stack.processes):
+            time.sleep(0.5)
+        dead = [p.name for p in stack.processes if p.popen.poll() is not None]
+        print(f"stopping: {', '.join(dead)} exited", file=sys.stderr)  # noqa: T201
+        sys.exit(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    main()

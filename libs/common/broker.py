@@ -1,0 +1,93 @@
+"""The FastStream broker every service uses, and the stream topology it needs before the first publish."""
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from faststream import ExceptionMiddleware
+from faststream.redis import RedisBroker
+from faststream.redis.message import RedisStreamMessage
+from faststream.redis.parser.message import MessageFormat
+from pydantic import ValidationError
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from libs.common.events.streams import CONSUMER_GROUPS, DEAD_LETTERS
+from libs.common.settings import ServiceSettings
+
+log = structlog.get_logger()
+
+
+class PlainJsonFormat(MessageFormat):
+    """Entries carry the message JSON as-is in `__data__`: no FastStream envelope, so any Redis client can read them.
+
+    Correlation ids live in the messages themselves, so FastStream headers are not needed.
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    async def encode(cls, *, message: Any, **kwargs: Any) -> bytes:
+        built = await cls.build(message=message, **kwargs)
+        return built.data
+
+    @classmethod
+    def parse(cls, data: bytes) -> tuple[bytes, dict[str, Any]]:
+        return data, {}
+
+
+def make_broker(settings: ServiceSettings) -> RedisBroker:
+    dead_letters = ExceptionMiddleware()
+
+    @dead_letters.add_handler(ValidationError)
+    async def dead_letter(exc: ValidationError, message: RedisStreamMessage) -> None:
+        # A malformed entry can never succeed: park it with the reason and acknowledge it, so the consumer goes on.
+        stream = _decode(message.raw_message.get("channel", b""))
+        entry_ids = message.raw_message.get("message_ids") or [b""]
+        await broker.publish(
+            {
+                "stream": stream,
+                "entry_id": _decode(entry_ids[0]),
+                "consumer": f"{settings.service_name}:{settings.instance_id}",
+                "reason": str(exc)[:2000],
+                "body": _decode(message.body[:65536]),
+            },
+            stream=DEAD_LETTERS,
+            maxlen=settings.stream_maxlen,
+        )
+        log.warning("message.dead_lettered", stream=stream, entry_id=_decode(entry_ids[0]), errors=exc.error_count())
+
+    broker = RedisBroker(
+        str(settings.redis_url),
+        message_format=PlainJsonFormat,
+        middlewares=[dead_letters],
+        logger=logging.getLogger("opa.faststream"),
+    )
+    return broker
+
+
+def _decode(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+async def ensure_topology(redis: Redis, streams: Sequence[str] | None = None) -> None:
+    """Create streams and consumer groups at id 0, so that nothing published before a consumer starts is missed.
+
+    FastStream creates groups at `$` (only new entries); creating them first, here, at 0 makes its attempt a no-op.
+    Safe to call from every instance at every start and after Redis has lost its data.
+    """
+    for stream in streams or CONSUMER_GROUPS:
+        groups = CONSUMER_GROUPS.get(stream, ())
+        if not groups:
+            if not await redis.exists(stream):
+                # XADD + XDEL leaves an empty stream in place, so XREAD-ers can block on it.
+                entry_id = await redis.xadd(stream, {"init": "1"})
+                await redis.xdel(stream, entry_id)
+            continue
+        for group in groups:
+            try:
+                await redis.xgroup_create(stream, group, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise

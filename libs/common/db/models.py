@@ -1,0 +1,96 @@
+"""The PostgreSQL schema. Only the orchestrator writes these tables; the gateway and progress service read them."""
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, func, text
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from libs.common.db.base import Base
+
+
+class ProcessingObject(Base):
+    __tablename__ = "processing_object"
+
+    id: Mapped[UUID] = mapped_column(primary_key=True)
+    identifier: Mapped[str] = mapped_column(String(255), unique=True)
+    state: Mapped[str] = mapped_column(String(16))
+    operations: Mapped[list[str]] = mapped_column(ARRAY(String(32)))
+    payload: Mapped[Any] = mapped_column(JSONB(none_as_null=True), nullable=True)
+    source: Mapped[str | None] = mapped_column(Text)
+    data_format: Mapped[str | None] = mapped_column(String(16))
+    options: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    object_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, server_default=text("'{}'::jsonb"))
+    operations_status: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    data_url: Mapped[str | None] = mapped_column(Text)
+    """Where the data for the next operation lives: the source, or the latest transform's output."""
+    data_url_format: Mapped[str | None] = mapped_column(String(16))
+    current_operation: Mapped[str | None] = mapped_column(String(32))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    task_id: Mapped[UUID]
+    attempt: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+    cancel_requested: Mapped[bool] = mapped_column(server_default=text("false"))
+    event_seq: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        # Admission scans queued objects oldest first; the partial index keeps that scan small.
+        Index("ix_processing_object_queue", "queued_at", "id", postgresql_where=text("state = 'queued'")),
+        Index("ix_processing_object_state", "state"),
+    )
+
+
+class ObjectTransition(Base):
+    """Audit trail: one row per state change, written in the same transaction as the change."""
+
+    __tablename__ = "object_transition"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    object_id: Mapped[UUID] = mapped_column(ForeignKey("processing_object.id", ondelete="CASCADE"), index=True)
+    from_state: Mapped[str | None] = mapped_column(String(16))
+    to_state: Mapped[str] = mapped_column(String(16))
+    event: Mapped[str] = mapped_column(String(32))
+    task_id: Mapped[UUID]
+    detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ObjectEvent(Base):
+    """Every progress document an object went through, numbered; SSE replays from here on Last-Event-ID."""
+
+    __tablename__ = "object_event"
+
+    object_id: Mapped[UUID] = mapped_column(
+        ForeignKey("processing_object.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    change: Mapped[str] = mapped_column(String(32))
+    # JSON, not JSONB: the document is replayed to clients byte for byte, with its keys in their original order.
+    document: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class OutboxMessage(Base):
+    """Messages a committed transaction owes to Redis; the relay publishes and deletes them (transactional outbox)."""
+
+    __tablename__ = "outbox_message"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    stream: Mapped[str] = mapped_column(String(64))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ProcessedMessage(Base):
+    """Inbox: ids of stream messages already applied, so a redelivery changes nothing."""
+
+    __tablename__ = "processed_message"
+
+    message_id: Mapped[UUID] = mapped_column(primary_key=True)
+    processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

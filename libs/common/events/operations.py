@@ -1,0 +1,70 @@
+"""Operation commands (orchestrator -> executors) and their results (executors -> orchestrator)."""
+
+from typing import Annotated, Literal
+from uuid import UUID
+
+from pydantic import Field, JsonValue
+
+from libs.common.domain import Operation
+from libs.common.events.base import Message
+from libs.common.events.data import JsonObject
+
+
+class OperationMessage(Message):
+    task_id: UUID
+    """The run of the object this operation belongs to; a retry starts a new run, so stale results are told apart."""
+    operation: Operation
+    index: int = Field(ge=0)
+    """Position of the operation in the object's list, from 0."""
+
+
+class RunOperationV1(OperationMessage):
+    """Orchestrator -> one executor of the `executor` group: run one operation of one object.
+
+    The object's data is `data_url` (an s3:// URL: the request's `source`, or an earlier operation's output),
+    else the inline `payload`, else the object's own record (`identifier` and `metadata`). Large data never
+    travels in the message (claim check): only its URL does.
+    """
+
+    type: Literal["operation.run.v1"] = "operation.run.v1"
+    identifier: str
+    total: int = Field(ge=1)
+    data_url: str | None = None
+    data_format: Literal["json", "ndjson", "csv"] | None = None
+    payload: JsonValue = None
+    metadata: JsonObject = Field(default_factory=dict)
+    options: JsonObject = Field(default_factory=dict)
+
+
+class OperationStartedV1(OperationMessage):
+    """Executor -> orchestrator, when an executor begins an operation."""
+
+    type: Literal["operation.started.v1"] = "operation.started.v1"
+    executor_id: str
+
+
+class OperationCompletedV1(OperationMessage):
+    """Executor -> orchestrator, once the operation's artifact is stored in S3.
+
+    `output_url`, when set, is the data that the object's following operations work on.
+    """
+
+    type: Literal["operation.completed.v1"] = "operation.completed.v1"
+    executor_id: str
+    s3_url: str
+    output_url: str | None = None
+    output_format: Literal["json", "ndjson", "csv"] | None = None
+    duration_ms: float = Field(ge=0)
+
+
+class OperationFailedV1(OperationMessage):
+    """Executor -> orchestrator, when an operation cannot succeed (invalid data, bad options, storage gone)."""
+
+    type: Literal["operation.failed.v1"] = "operation.failed.v1"
+    executor_id: str
+    error: str
+
+
+AnyOperationResult = Annotated[
+    OperationStartedV1 | OperationCompletedV1 | OperationFailedV1, Field(discriminator="type")
+]

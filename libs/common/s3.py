@@ -1,0 +1,44 @@
+"""One long-lived S3 client per process, and the helpers around s3:// URLs."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from types_aiobotocore_s3 import S3Client
+
+from libs.common.settings import S3Settings
+
+
+@asynccontextmanager
+async def s3_client(settings: S3Settings, max_pool_connections: int = 10) -> AsyncIterator[S3Client]:
+    config = AioConfig(
+        max_pool_connections=max_pool_connections,
+        retries={"max_attempts": 3, "mode": "standard"},
+        connect_timeout=5,
+        read_timeout=30,
+        # Checksums on every request cost CPU and are not needed against endpoints that do not ask for them.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    async with get_session().create_client(
+        "s3",
+        region_name=settings.s3_region,
+        endpoint_url=settings.s3_endpoint_url,
+        aws_access_key_id=settings.aws_access_key_id.get_secret_value(),
+        aws_secret_access_key=settings.aws_secret_access_key.get_secret_value(),
+        config=config,
+    ) as client:
+        yield client
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """`s3://bucket/key` -> (bucket, key). Raises ValueError on anything else."""
+    if not url.startswith("s3://"):
+        msg = f"not an s3:// URL: {url!r}"
+        raise ValueError(msg)
+    bucket, _, key = url.removeprefix("s3://").partition("/")
+    if not bucket or not key:
+        msg = f"an s3:// URL needs a bucket and a key: {url!r}"
+        raise ValueError(msg)
+    return bucket, key

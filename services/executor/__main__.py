@@ -1,0 +1,15 @@
+import uvicorn
+
+from libs.common.logging import configure_logging
+from services.executor.app import create_app
+from services.executor.settings import ExecutorSettings
+
+
+def main() -> None:
+    settings = ExecutorSettings()
+    configure_logging(settings)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False)
+
+
+if __name__ == "__main__":
+    main()

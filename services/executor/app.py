@@ -1,0 +1,52 @@
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from faststream.asgi import AsgiFastStream, AsgiResponse, get
+from faststream.asgi.types import Scope
+from redis.asyncio import Redis
+
+from libs.common.broker import ensure_topology, make_broker
+from libs.common.s3 import s3_client
+from services.executor.handlers import register
+from services.executor.service import OperationRunner
+from services.executor.settings import ExecutorSettings
+from services.executor.storage import Storage
+
+
+def create_app(settings: ExecutorSettings) -> AsgiFastStream:
+    broker = make_broker(settings)
+    stack = AsyncExitStack()
+    # The S3 client lives only inside the lifespan, so handlers (registered before it) look the runner up.
+    runner_holder: list[OperationRunner] = []
+    register(broker, settings, lambda: runner_holder[0])
+
+    @asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
+        async with stack:
+            redis = await stack.enter_async_context(Redis.from_url(str(settings.redis_url)))
+            await ensure_topology(redis)
+            client = await stack.enter_async_context(s3_client(settings))
+            storage = Storage(
+                client,
+                settings.s3_bucket,
+                settings.storage_attempts,
+                settings.storage_backoff_seconds,
+                settings.s3_presign_expiry_seconds,
+            )
+            runner_holder.append(OperationRunner(storage, settings.instance_id, settings.max_input_bytes))
+            yield
+
+    @get(include_in_schema=False)
+    async def health(scope: Scope) -> AsgiResponse:  # noqa: ARG001
+        if runner_holder and await broker.ping(timeout=2.0):
+            return AsgiResponse(b'{"status":"ok"}', 200, headers={"content-type": "application/json"})
+        return AsgiResponse(b'{"status":"unhealthy"}', 503, headers={"content-type": "application/json"})
+
+    return AsgiFastStream(
+        broker,
+        logger=logging.getLogger("opa.faststream"),
+        asgi_routes=[("/health", health)],
+        lifespan=lifespan,
+        asyncapi_path="/asyncapi",
+    )

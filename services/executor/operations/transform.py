@@ -1,0 +1,128 @@
+"""transform: a declarative list of steps; its output is the data the object's following operations see."""
+
+import re
+from typing import Any
+
+import jmespath
+from pydantic import JsonValue
+
+from libs.common.options import (
+    CastStep,
+    DefaultStep,
+    DropStep,
+    FilterStep,
+    NormalizeStep,
+    RenameStep,
+    SelectStep,
+    TransformOptions,
+    TransformStep,
+)
+from services.executor.data import Dataset
+from services.executor.operations.base import OperationContext, OperationFailedError, OperationOutcome
+
+_WORD_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|[^A-Za-z0-9]+")
+
+
+def snake_case(name: str) -> str:
+    return "_".join(part.lower() for part in _WORD_BOUNDARY.split(name.strip()) if part) or name
+
+
+def _default_steps(record: JsonValue) -> JsonValue:
+    if isinstance(record, dict):
+        return {snake_case(k): _default_steps(v) for k, v in record.items()}
+    if isinstance(record, list):
+        return [_default_steps(v) for v in record]
+    if isinstance(record, str):
+        return record.strip()
+    return record
+
+
+def _cast(value: JsonValue, kind: str, field: str, index: int) -> JsonValue:
+    if value is None:
+        return None
+    try:
+        if kind == "int":
+            return int(float(value)) if isinstance(value, str) and "." in value else int(value)  # type: ignore[arg-type]
+        if kind == "float":
+            return float(value)  # type: ignore[arg-type]
+        if kind == "bool":
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered in ("true", "1", "yes", "y"):
+                    return True
+                if lowered in ("false", "0", "no", "n", ""):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        return value if isinstance(value, str) else str(value)
+    except (TypeError, ValueError):
+        msg = f"record {index}: cannot cast field '{field}' value {value!r} to {kind}"
+        raise OperationFailedError(msg) from None
+
+
+def _normalize(value: str, step: NormalizeStep) -> str:
+    if step.strip:
+        value = value.strip()
+    if step.collapse_whitespace:
+        value = " ".join(value.split())
+    if step.case == "lower":
+        value = value.lower()
+    elif step.case == "upper":
+        value = value.upper()
+    return value
+
+
+def _apply(step: TransformStep, records: list[JsonValue]) -> list[JsonValue]:
+    if isinstance(step, FilterStep):
+        expression = jmespath.compile(step.expression)
+        return [r for r in records if expression.search(r)]
+    out: list[JsonValue] = []
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            msg = f"record {index} is not an object; step '{step.op}' needs objects"
+            raise OperationFailedError(msg)
+        row: dict[str, Any] = dict(record)
+        match step:
+            case SelectStep():
+                row = {k: row.get(k) for k in step.fields}
+            case DropStep():
+                for k in step.fields:
+                    row.pop(k, None)
+            case RenameStep():
+                row = {step.mapping.get(k, k): v for k, v in row.items()}
+            case CastStep():
+                for k, kind in step.types.items():
+                    if k in row:
+                        row[k] = _cast(row[k], kind, k, index)
+            case DefaultStep():
+                for k, v in step.values.items():
+                    if row.get(k) is None:
+                        row[k] = v
+            case NormalizeStep():
+                for k, v in row.items():
+                    if isinstance(v, str) and (step.fields is None or k in step.fields):
+                        row[k] = _normalize(v, step)
+        out.append(row)
+    return out
+
+
+async def run(data: Dataset, ctx: OperationContext[TransformOptions]) -> OperationOutcome:
+    steps = ctx.options.steps
+    records = data.records
+    if steps is None:
+        records = [_default_steps(r) for r in records]
+        applied: list[JsonValue] = ["default: trim strings, snake_case keys"]
+    else:
+        for step in steps:
+            records = _apply(step, records)
+        applied = [step.model_dump(mode="json") for step in steps]
+    output = Dataset(records=records, is_document=data.is_document and len(records) == 1)
+    return OperationOutcome(
+        result={
+            "steps": applied,
+            "records_in": len(data.records),
+            "records_out": len(records),
+            "fields_out": output.field_names(),  # type: ignore[dict-item]
+        },
+        output=output,
+    )

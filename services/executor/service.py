@@ -1,0 +1,178 @@
+"""Runs one operation of one object: load its data, compute, store the artifact, report the result."""
+
+import hashlib
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import structlog
+from pydantic import JsonValue, ValidationError
+
+from libs.common.domain import artifact_key
+from libs.common.events import OperationCompletedV1, OperationFailedV1, OperationStartedV1, RunOperationV1
+from services.executor.data import CONTENT_TYPES, DataError, Dataset, DataFormat, detect_format, parse, serialize
+from services.executor.operations import REGISTRY
+from services.executor.operations.base import OperationContext, OperationFailedError, OperationOutcome
+from services.executor.storage import ObjectMissingError, Storage, StorageUnavailableError
+
+log = structlog.get_logger()
+
+ARTIFACT_SCHEMA_VERSION = 1
+Result = OperationCompletedV1 | OperationFailedV1
+
+
+class OperationRunner:
+    def __init__(self, storage: Storage, executor_id: str, max_input_bytes: int) -> None:
+        self.storage = storage
+        self.executor_id = executor_id
+        self.max_input_bytes = max_input_bytes
+
+    def started(self, command: RunOperationV1) -> OperationStartedV1:
+        return OperationStartedV1(**self._ids(command), executor_id=self.executor_id)
+
+    async def run(self, command: RunOperationV1) -> Result:
+        """Returns the result to publish. Raises only for what may succeed on another delivery."""
+        key = artifact_key(command.identifier, command.operation)
+        previous = await self._previous_success(command, key)
+        if previous is not None:
+            log.info("operation.already_done", operation=command.operation)
+            return previous
+        started_at = datetime.now(UTC)
+        clock = time.perf_counter()
+        try:
+            data, raw, fmt = await self._load(command)
+            spec = REGISTRY[command.operation]
+            try:
+                options = spec.options_model.model_validate(command.options)
+            except ValidationError as exc:
+                msg = f"invalid options: {exc.errors()[0]['msg']}"
+                raise OperationFailedError(msg) from None
+            context = OperationContext(
+                identifier=command.identifier,
+                options=options,
+                storage=self.storage,
+                input_sha256=hashlib.sha256(raw).hexdigest(),
+                input_bytes=len(raw),
+                input_format=fmt,
+            )
+            outcome = await spec.run(data, context)
+            output_url = await self._store_output(command, outcome)
+            duration_ms = (time.perf_counter() - clock) * 1000
+            artifact = self._artifact(command, context, started_at, duration_ms, "succeeded", outcome.result, output_url)
+            s3_url = await self.storage.put(key, artifact, "application/json", {"object-id": str(command.object_id)})
+        except OperationFailedError as exc:
+            return await self._failed(command, key, str(exc), exc.report, started_at, clock)
+        except (DataError, ObjectMissingError, StorageUnavailableError, ValueError) as exc:
+            return await self._failed(command, key, _describe(exc, command), None, started_at, clock)
+        return OperationCompletedV1(
+            **self._ids(command),
+            executor_id=self.executor_id,
+            s3_url=s3_url,
+            output_url=output_url,
+            output_format="json" if output_url else None,
+            duration_ms=duration_ms,
+        )
+
+    async def _load(self, command: RunOperationV1) -> tuple[Dataset, bytes, DataFormat]:
+        if command.data_url:
+            raw, content_type = await self.storage.get(command.data_url, self.max_input_bytes)
+            fmt = detect_format(command.data_format, command.data_url, content_type)
+            return parse(raw, fmt), raw, fmt
+        value: JsonValue = command.payload
+        if value is None:
+            value = {"identifier": command.identifier, "metadata": command.metadata}
+        raw = orjson.dumps(value)
+        return Dataset.of(value), raw, "json"
+
+    async def _store_output(self, command: RunOperationV1, outcome: OperationOutcome) -> str | None:
+        if outcome.output is None:
+            return None
+        key = f"{command.identifier}/{command.operation}_output.json"
+        return await self.storage.put(key, serialize(outcome.output, "json"), CONTENT_TYPES["json"])
+
+    async def _previous_success(self, command: RunOperationV1, key: str) -> OperationCompletedV1 | None:
+        """A redelivered command whose artifact is already stored is reported again, not recomputed."""
+        raw = await self.storage.get_json_if_exists(key)
+        if raw is None:
+            return None
+        try:
+            artifact: dict[str, Any] = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None
+        if artifact.get("object_id") != str(command.object_id) or artifact.get("status") != "succeeded":
+            return None
+        return OperationCompletedV1(
+            **self._ids(command),
+            executor_id=self.executor_id,
+            s3_url=self.storage.url(key),
+            output_url=artifact.get("output_url"),
+            output_format="json" if artifact.get("output_url") else None,
+            duration_ms=float(artifact.get("duration_ms", 0.0)),
+        )
+
+    async def _failed(
+        self,
+        command: RunOperationV1,
+        key: str,
+        error: str,
+        report: dict[str, JsonValue] | None,
+        started_at: datetime,
+        clock: float,
+    ) -> OperationFailedV1:
+        if report is not None:
+            duration_ms = (time.perf_counter() - clock) * 1000
+            body = self._artifact(command, None, started_at, duration_ms, "failed", report, None, error)
+            try:
+                await self.storage.put(key, body, "application/json", {"object-id": str(command.object_id)})
+            except StorageUnavailableError:
+                log.warning("operation.report_not_stored", operation=command.operation)
+        log.info("operation.failed", operation=command.operation, error=error)
+        return OperationFailedV1(**self._ids(command), executor_id=self.executor_id, error=error)
+
+    def _artifact(
+        self,
+        command: RunOperationV1,
+        context: OperationContext[Any] | None,
+        started_at: datetime,
+        duration_ms: float,
+        status: str,
+        result: dict[str, JsonValue],
+        output_url: str | None,
+        error: str | None = None,
+    ) -> bytes:
+        return orjson.dumps(
+            {
+                "schema_version": ARTIFACT_SCHEMA_VERSION,
+                "object_id": str(command.object_id),
+                "identifier": command.identifier,
+                "task_id": str(command.task_id),
+                "operation": command.operation,
+                "index": command.index,
+                "status": status,
+                "error": error,
+                "input": {
+                    "url": command.data_url,
+                    "kind": "s3" if command.data_url else ("payload" if command.payload is not None else "record"),
+                    "format": context.input_format if context else None,
+                    "size_bytes": context.input_bytes if context else None,
+                    "sha256": context.input_sha256 if context else None,
+                },
+                "output_url": output_url,
+                "executor_id": self.executor_id,
+                "started_at": started_at.isoformat(),
+                "finished_at": datetime.now(UTC).isoformat(),
+                "duration_ms": round(duration_ms, 3),
+                "result": result,
+            }
+        )
+
+    @staticmethod
+    def _ids(command: RunOperationV1) -> dict[str, Any]:
+        return {"object_id": command.object_id, "task_id": command.task_id, "operation": command.operation, "index": command.index}
+
+
+def _describe(exc: Exception, command: RunOperationV1) -> str:
+    if isinstance(exc, ObjectMissingError):
+        return f"input data not found at {command.data_url}"
+    return str(exc)

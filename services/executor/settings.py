@@ -1,0 +1,13 @@
+from pydantic import Field
+
+from libs.common.settings import S3Settings, ServiceSettings
+
+
+class ExecutorSettings(ServiceSettings, S3Settings):
+    service_name: str = "executor"
+    port: int = Field(default=8101, ge=1, le=65535)
+    storage_attempts: int = Field(default=4, ge=1, le=20)
+    """Attempts at an S3 call that fails transiently (5xx, timeout, connection) before the operation fails."""
+    storage_backoff_seconds: float = Field(default=0.5, gt=0)
+    max_input_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    """Largest object an operation loads."""

@@ -1,0 +1,78 @@
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from faststream.redis import StreamSub
+from redis.asyncio import Redis
+from sqlalchemy import text
+
+from libs.common.broker import ensure_topology, make_broker
+from libs.common.db.session import create_engine, create_sessionmaker
+from libs.common.events import AnyObjectCommand
+from libs.common.events.streams import OBJECT_COMMANDS, reply_channel
+from services.gateway import errors
+from services.gateway.commands import CommandBus
+from services.gateway.proxy import StreamProxy
+from services.gateway.routes import router
+from services.gateway.service import GatewayService
+from services.gateway.settings import GatewaySettings
+
+DESCRIPTION = """
+Submit objects, run an ordered list of operations on each (validate, transform, enrich, analyze, export),
+and follow their progress. Every error is RFC 9457 problem details (`application/problem+json`).
+"""
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    broker = make_broker(settings)
+    publisher = broker.publisher(
+        stream=StreamSub(OBJECT_COMMANDS, maxlen=settings.stream_maxlen), schema=AnyObjectCommand, title="object-commands"
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings)
+        redis = Redis.from_url(str(settings.redis_url))
+        await ensure_topology(redis)
+        await broker.start()
+        commands = CommandBus(redis, publisher, reply_channel(settings.service_name, settings.instance_id), settings.command_timeout_seconds)
+        await commands.start()
+        proxy = StreamProxy(str(settings.progress_url))
+        app.state.engine = engine
+        app.state.redis = redis
+        app.state.proxy = proxy
+        app.state.service = GatewayService(
+            create_sessionmaker(engine), commands, settings.max_parallel_workers, settings.max_payload_bytes
+        )
+        try:
+            yield
+        finally:
+            await proxy.close()
+            await commands.stop()
+            await broker.stop()
+            await redis.aclose()
+            await engine.dispose()
+
+    app = FastAPI(title="Object Processing API", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
+    errors.install(app)
+    app.include_router(router)
+
+    @app.get("/health", tags=["health"], responses={503: {"description": "A dependency is unreachable."}})
+    async def health() -> JSONResponse:
+        checks: dict[str, str] = {}
+        try:
+            async with app.state.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            checks["postgres"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - report, do not raise
+            checks["postgres"] = type(exc).__name__
+        try:
+            await app.state.redis.ping()
+            checks["redis"] = "ok"
+        except Exception as exc:  # noqa: BLE001
+            checks["redis"] = type(exc).__name__
+        healthy = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ok" if healthy else "unhealthy", "checks": checks}, status_code=200 if healthy else 503)
+
+    return app

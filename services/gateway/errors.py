@@ -1,0 +1,82 @@
+"""Every error leaves the gateway as RFC 9457 problem details; no stack trace ever reaches a client."""
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from libs.common.errors import ServiceError, UnavailableError
+from services.gateway.schemas import Problem
+
+log = structlog.get_logger()
+
+PROBLEM_JSON = "application/problem+json"
+RETRY_AFTER_SECONDS = "2"
+
+
+def problem(status: int, title: str, detail: str, request: Request, **extra: object) -> JSONResponse:
+    body = Problem(title=title, status=status, detail=detail, instance=request.url.path, **extra)  # type: ignore[arg-type]
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, media_type=PROBLEM_JSON)
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "path", "query")] or ["body"]
+    return ".".join(parts)
+
+
+async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"loc": _location(tuple(e["loc"])), "msg": e["msg"].removeprefix("Value error, "), "type": e["type"]}
+        for e in exc.errors()
+    ]
+    if any(e["type"] == "json_invalid" for e in errors):
+        return problem(400, "Malformed JSON", "the request body is not valid JSON", request)
+    detail = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:5])
+    return problem(422, "Invalid request", detail, request, errors=errors)
+
+
+async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    response = problem(exc.http_status, exc.title, str(exc), request)
+    if isinstance(exc, UnavailableError):
+        response.headers["Retry-After"] = RETRY_AFTER_SECONDS
+    return response
+
+
+async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else "request refused"
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"no route {request.method} {request.url.path}"
+    response = problem(exc.status_code, _title(exc.status_code), detail, request)
+    for key, value in (exc.headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+async def on_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("request.failed", path=request.url.path, error_type=type(exc).__name__)
+    # A dependency outage shows up as a connection error deep in a driver: tell the client to come back.
+    if isinstance(exc, OSError | ConnectionError | TimeoutError) or "connect" in type(exc).__name__.lower():
+        response = problem(503, "Service unavailable", "a backing service is unreachable; try again shortly", request)
+        response.headers["Retry-After"] = RETRY_AFTER_SECONDS
+        return response
+    return problem(500, "Internal error", "the server failed to handle this request; it has been logged", request)
+
+
+def _title(status: int) -> str:
+    from http import HTTPStatus  # noqa: PLC0415
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(ServiceError, on_service_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected_error)

@@ -1,0 +1,138 @@
+"""Request and response bodies of the HTTP API."""
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator, model_validator
+
+from libs.common.domain import IDENTIFIER_PATTERN, check_identifier, ObjectState, Operation
+from libs.common.options import OPTIONS_MODELS
+from libs.common.progress import OperationStatus
+from libs.common.s3 import parse_s3_url
+
+Identifier = Annotated[
+    str,
+    AfterValidator(check_identifier),
+    Field(
+        min_length=1,
+        max_length=255,
+        pattern=IDENTIFIER_PATTERN,
+        description="1-255 characters: letters, digits, '-', '_' and single dots, starting with a letter or digit. "
+        "No '..'. It becomes the S3 prefix of the object's artifacts.",
+        examples=["object-123"],
+    ),
+]
+
+
+class ProcessRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    identifier: Identifier
+    operations: list[Operation] = Field(
+        min_length=1,
+        max_length=len(Operation),
+        description="Run in this order; each at most once.",
+        examples=[["validate", "transform", "analyze"]],
+    )
+    payload: JsonValue = Field(default=None, description="The object's data inline: a JSON document or an array of records.")
+    source: str | None = Field(
+        default=None, max_length=2048, description="The object's data in S3: an s3://bucket/key URL of JSON, NDJSON or CSV."
+    )
+    format: Literal["json", "ndjson", "csv"] | None = Field(
+        default=None, description="Format of `source`; from its extension or content type when omitted."
+    )
+    options: dict[Operation, dict[str, JsonValue]] = Field(
+        default_factory=dict, description="Per-operation options, keyed by operation name."
+    )
+    metadata: dict[str, JsonValue] = Field(default_factory=dict, description="Caller's metadata, kept with the object.")
+
+    @field_validator("operations")
+    @classmethod
+    def _unique(cls, value: list[Operation]) -> list[Operation]:
+        duplicates = sorted({op.value for op in value if value.count(op) > 1})
+        if duplicates:
+            msg = f"each operation may appear once; repeated: {', '.join(duplicates)}"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("source")
+    @classmethod
+    def _s3_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_s3_url(value)
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ProcessRequest":
+        if self.payload is not None and self.source is not None:
+            msg = "give the data as `payload` or as `source`, not both"
+            raise ValueError(msg)
+        if self.format is not None and self.source is None:
+            msg = "`format` describes `source`; it has no meaning without one"
+            raise ValueError(msg)
+        for op, options in self.options.items():
+            if op not in self.operations:
+                msg = f"options given for '{op.value}', which is not in `operations`"
+                raise ValueError(msg)
+            try:
+                OPTIONS_MODELS[op].model_validate(options)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                msg = f"invalid options for '{op.value}'{f' at {where}' if where else ''}: {first['msg']}"
+                raise ValueError(msg) from None
+        return self
+
+
+class ProcessResponse(BaseModel):
+    id: UUID
+    identifier: str
+    state: ObjectState
+    task_id: UUID
+    message: str
+
+
+class CommandResponse(BaseModel):
+    id: UUID
+    identifier: str
+    state: ObjectState
+    message: str
+
+
+class StatusResponse(BaseModel):
+    queue_size: int = Field(description="Objects in state `queued`.")
+    active_workers: int = Field(description="Objects in state `processing`: the slots in use, across all instances.")
+    max_workers: int = Field(description="The cap on objects in `processing` (MAX_PARALLEL_WORKERS).")
+
+
+class ObjectResponse(BaseModel):
+    id: UUID
+    identifier: str
+    state: ObjectState
+    operations: list[str]
+    current_operation: str | None
+    operations_status: dict[str, OperationStatus]
+    s3_artifacts: dict[str, str]
+    error_message: str | None
+    task_id: UUID
+    attempt: int
+    cancel_requested: bool
+    source: str | None
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    queued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details: every error answer has this shape."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    errors: list[dict[str, Any]] | None = None

@@ -1,0 +1,13 @@
+from pydantic import AnyHttpUrl, Field
+
+from libs.common.settings import ConcurrencySettings, DatabaseSettings, ServiceSettings
+
+
+class GatewaySettings(ServiceSettings, DatabaseSettings, ConcurrencySettings):
+    service_name: str = "gateway"
+    port: int = Field(default=8000, ge=1, le=65535)
+    progress_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8002")
+    """Where the progress service listens; the gateway proxies SSE streams to it."""
+    command_timeout_seconds: float = Field(default=5.0, gt=0)
+    """How long a request waits for the orchestrator to confirm a command before answering 503."""
+    max_payload_bytes: int = Field(default=1024 * 1024, ge=1024)

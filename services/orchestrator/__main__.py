@@ -1,0 +1,15 @@
+import uvicorn
+
+from libs.common.logging import configure_logging
+from services.orchestrator.app import create_app
+from services.orchestrator.settings import OrchestratorSettings
+
+
+def main() -> None:
+    settings = OrchestratorSettings()
+    configure_logging(settings)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""All SQL of the orchestrator. Callers own the transaction; nothing here commits."""
+
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from libs.common.db.models import ObjectEvent, ObjectTransition, OutboxMessage, ProcessedMessage, ProcessingObject
+from libs.common.domain import ObjectState
+
+# Key of the transaction-level advisory lock that serialises admission across orchestrator instances.
+ADMISSION_LOCK_KEY = 0x0BEC7_0001
+
+
+class ObjectRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def insert_if_new(self, values: dict[str, Any]) -> bool:
+        """Insert unless the identifier is taken. The unique index decides, so racing submissions cannot both win."""
+        inserted = await self.session.scalar(
+            insert(ProcessingObject)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=[ProcessingObject.identifier])
+            .returning(ProcessingObject.id)
+        )
+        return inserted is not None
+
+    async def lock(self, object_id: UUID) -> ProcessingObject | None:
+        return await self.session.scalar(
+            select(ProcessingObject).where(ProcessingObject.id == object_id).with_for_update().execution_options(populate_existing=True)
+        )
+
+    async def lock_by_identifier(self, identifier: str) -> ProcessingObject | None:
+        return await self.session.scalar(
+            select(ProcessingObject).where(ProcessingObject.identifier == identifier).with_for_update().execution_options(populate_existing=True)
+        )
+
+    async def mark_processed(self, message_id: UUID) -> bool:
+        """Record a message as applied. False when it already was (a redelivery or a duplicate)."""
+        inserted = await self.session.scalar(
+            insert(ProcessedMessage).values(message_id=message_id).on_conflict_do_nothing().returning(ProcessedMessage.message_id)
+        )
+        return inserted is not None
+
+    async def lock_admission(self) -> None:
+        # Counting `processing` rows and then admitting is a read-then-write: two instances doing it at once could
+        # both see a free slot. The advisory lock serialises that short section across every orchestrator instance;
+        # row locks alone cannot, because the rows that would conflict do not exist yet.
+        await self.session.execute(select(func.pg_advisory_xact_lock(ADMISSION_LOCK_KEY)))
+
+    async def count_in_state(self, state: ObjectState) -> int:
+        return await self.session.scalar(select(func.count()).where(ProcessingObject.state == state.value)) or 0
+
+    async def lock_oldest_queued(self, limit: int) -> Sequence[ProcessingObject]:
+        # SKIP LOCKED: an object being cancelled right now is passed over rather than waited for.
+        result = await self.session.scalars(
+            select(ProcessingObject)
+            .where(ProcessingObject.state == ObjectState.QUEUED.value)
+            .order_by(ProcessingObject.queued_at, ProcessingObject.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .execution_options(populate_existing=True)
+        )
+        return result.all()
+
+    def add_transition(self, transition: ObjectTransition) -> None:
+        self.session.add(transition)
+
+    def add_event(self, event: ObjectEvent) -> None:
+        self.session.add(event)
+
+    async def add_outbox(self, messages: Sequence[OutboxMessage]) -> list[int]:
+        self.session.add_all(messages)
+        await self.session.flush(messages)
+        return [message.id for message in messages]
+
+
+class OutboxRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def lock_batch(self, ids: Sequence[int] | None, limit: int) -> Sequence[OutboxMessage]:
+        query = select(OutboxMessage).order_by(OutboxMessage.id).limit(limit).with_for_update(skip_locked=True)
+        if ids is not None:
+            query = query.where(OutboxMessage.id.in_(ids))
+        return (await self.session.scalars(query)).all()
+
+    async def delete(self, ids: Sequence[int]) -> None:
+        await self.session.execute(delete(OutboxMessage).where(OutboxMessage.id.in_(ids)))

@@ -1,0 +1,308 @@
+"""The orchestrator's use cases. Each runs inside one transaction owned by the caller (handlers.py).
+
+Every state change writes, in that same transaction: the new row state, an `object_transition` audit row,
+an `object_event` (the numbered progress document) and outbox rows for every message it causes. The outbox
+relay publishes those only after commit, so a crash can delay a message but never lose one.
+"""
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+from uuid import uuid4
+
+import structlog
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncSession
+from statemachine.exceptions import TransitionNotAllowed
+
+from libs.common.db.models import ObjectEvent, ObjectTransition, OutboxMessage, ProcessingObject
+from libs.common.domain import ObjectState, Operation
+from libs.common.events import (
+    CancelObjectV1,
+    CommandReplyV1,
+    ObjectProgressedV1,
+    OperationCompletedV1,
+    OperationFailedV1,
+    OperationMessage,
+    OperationStartedV1,
+    RetryObjectV1,
+    RunOperationV1,
+    SubmitObjectV1,
+)
+from libs.common.events.streams import OBJECT_EVENTS, OPERATION_COMMANDS
+from libs.common.progress import build_progress_document
+from services.orchestrator.machine import ObjectMachine
+from services.orchestrator.repository import ObjectRepository
+
+log = structlog.get_logger()
+
+Change = Literal["state_changed", "operation_started", "operation_completed", "cancel_requested"]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class UnitOfWork:
+    """What one transaction did: the outbox rows to relay after commit, and whether a processing slot may be free."""
+
+    session: AsyncSession
+    outbox: list[OutboxMessage] = field(default_factory=list)
+    admission_needed: bool = False
+
+    @property
+    def objects(self) -> ObjectRepository:
+        return ObjectRepository(self.session)
+
+    def emit(self, stream: str, message: BaseModel) -> None:
+        self.outbox.append(OutboxMessage(stream=stream, body=message.model_dump_json()))
+
+    async def flush_outbox(self) -> list[int]:
+        return await self.objects.add_outbox(self.outbox) if self.outbox else []
+
+
+class ObjectService:
+    def __init__(self, max_parallel_workers: int) -> None:
+        self.max_parallel_workers = max_parallel_workers
+
+    # --- commands from the gateway ---------------------------------------------------------------
+
+    async def submit(self, uow: UnitOfWork, command: SubmitObjectV1) -> CommandReplyV1:
+        now = _now()
+        created = await uow.objects.insert_if_new(
+            {
+                "id": command.object_id,
+                "identifier": command.identifier,
+                "state": ObjectState.PENDING.value,
+                "operations": [op.value for op in command.operations],
+                "payload": command.payload,
+                "source": command.source,
+                "data_format": command.data_format,
+                "options": command.options,
+                "metadata": command.metadata,
+                "operations_status": {},
+                "data_url": command.source,
+                "data_url_format": command.data_format,
+                "task_id": uuid4(),
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+        obj = await uow.objects.lock_by_identifier(command.identifier)
+        if obj is None:  # pragma: no cover - the row was inserted or already existed in this transaction
+            msg = f"object {command.identifier!r} vanished during submission"
+            raise RuntimeError(msg)
+        if not created:
+            # The identifier is taken. If it is taken by this very command (a redelivery), it was accepted.
+            outcome: Literal["accepted", "exists"] = "accepted" if obj.id == command.object_id else "exists"
+            return self._reply(command, outcome, obj)
+        self._audit(uow, obj, None, "submit")
+        self._transition(uow, obj, "enqueue")
+        obj.queued_at = now
+        self._record_change(uow, obj, "state_changed")
+        uow.admission_needed = True
+        log.info("object.submitted", object_id=str(obj.id), identifier=obj.identifier, operations=obj.operations)
+        return self._reply(command, "accepted", obj)
+
+    async def cancel(self, uow: UnitOfWork, command: CancelObjectV1) -> CommandReplyV1:
+        obj = await uow.objects.lock(command.object_id)
+        if obj is None:
+            return self._reply(command, "not_found", None, "no object with this id")
+        state = ObjectState(obj.state)
+        if state is ObjectState.PROCESSING:
+            # The running operation is not interrupted; its result, when it comes, moves the object to cancelled.
+            if not obj.cancel_requested:
+                obj.cancel_requested = True
+                self._record_change(uow, obj, "cancel_requested")
+            return self._reply(command, "accepted", obj, "cancellation requested; it takes effect when the running operation ends")
+        if state in (ObjectState.PENDING, ObjectState.QUEUED):
+            self._transition(uow, obj, "cancel")
+            obj.finished_at = _now()
+            self._record_change(uow, obj, "state_changed")
+            return self._reply(command, "accepted", obj, "cancelled")
+        return self._reply(command, "conflict", obj, f"an object in state '{state}' cannot be cancelled")
+
+    async def retry(self, uow: UnitOfWork, command: RetryObjectV1) -> CommandReplyV1:
+        obj = await uow.objects.lock(command.object_id)
+        if obj is None:
+            return self._reply(command, "not_found", None, "no object with this id")
+        if obj.state != ObjectState.FAILED:
+            return self._reply(command, "conflict", obj, f"only failed objects can be retried; this one is '{obj.state}'")
+        self._transition(uow, obj, "retry", detail=obj.error_message)
+        obj.task_id = uuid4()
+        obj.attempt += 1
+        obj.error_message = None
+        obj.cancel_requested = False
+        obj.current_operation = None
+        obj.queued_at = _now()
+        obj.finished_at = None
+        # Completed operations keep their artifacts and are not run again; the rest start afresh.
+        obj.operations_status = {op: status for op, status in obj.operations_status.items() if status.get("completed")}
+        self._record_change(uow, obj, "state_changed")
+        uow.admission_needed = True
+        return self._reply(command, "accepted", obj, "queued for retry")
+
+    # --- results from executors ----------------------------------------------------------------
+
+    async def operation_started(self, uow: UnitOfWork, event: OperationStartedV1) -> None:
+        obj = await self._lock_for_result(uow, event)
+        if obj is None:
+            return
+        status = dict(obj.operations_status.get(event.operation, {}))
+        if status.get("started_at"):
+            return
+        status.update(completed=False, started_at=event.occurred_at.isoformat(), executor_id=event.executor_id)
+        obj.operations_status = {**obj.operations_status, event.operation: status}
+        self._record_change(uow, obj, "operation_started")
+
+    async def operation_completed(self, uow: UnitOfWork, event: OperationCompletedV1) -> None:
+        obj = await self._lock_for_result(uow, event)
+        if obj is None:
+            return
+        status = dict(obj.operations_status.get(event.operation, {}))
+        status.update(
+            completed=True,
+            s3_url=event.s3_url,
+            completed_at=event.occurred_at.isoformat(),
+            duration_ms=round(event.duration_ms, 3),
+            executor_id=event.executor_id,
+        )
+        obj.operations_status = {**obj.operations_status, event.operation: status}
+        if event.output_url:
+            obj.data_url = event.output_url
+            obj.data_url_format = event.output_format
+        self._record_change(uow, obj, "operation_completed")
+        if obj.cancel_requested:
+            self._finish(uow, obj, "cancel")
+        elif not self._dispatch_next(uow, obj):
+            self._finish(uow, obj, "complete")
+
+    async def operation_failed(self, uow: UnitOfWork, event: OperationFailedV1) -> None:
+        obj = await self._lock_for_result(uow, event)
+        if obj is None:
+            return
+        status = dict(obj.operations_status.get(event.operation, {}))
+        status.update(completed=False, error=event.error, executor_id=event.executor_id)
+        obj.operations_status = {**obj.operations_status, event.operation: status}
+        obj.error_message = f"operation '{event.operation}' failed: {event.error}"
+        self._finish(uow, obj, "fail", detail=obj.error_message)
+
+    # --- admission -------------------------------------------------------------------------------
+
+    async def admit(self, uow: UnitOfWork) -> int:
+        """Move the oldest queued objects to processing while fewer than the cap are processing, everywhere."""
+        await uow.objects.lock_admission()
+        free = self.max_parallel_workers - await uow.objects.count_in_state(ObjectState.PROCESSING)
+        if free <= 0:
+            return 0
+        admitted = await uow.objects.lock_oldest_queued(free)
+        for obj in admitted:
+            self._transition(uow, obj, "start")
+            obj.started_at = _now()
+            if self._dispatch_next(uow, obj):
+                self._record_change(uow, obj, "state_changed")
+            else:  # every operation already completed (a retry after the last one succeeded)
+                self._record_change(uow, obj, "state_changed")
+                self._finish(uow, obj, "complete")
+        if admitted:
+            log.info("objects.admitted", count=len(admitted), ids=[str(obj.id) for obj in admitted])
+        return len(admitted)
+
+    # --- internals -------------------------------------------------------------------------------
+
+    async def _lock_for_result(self, uow: UnitOfWork, event: OperationMessage) -> ProcessingObject | None:
+        """The object a result belongs to, or None when the result is stale or a duplicate and must change nothing."""
+        if not await uow.objects.mark_processed(event.message_id):
+            log.info("result.duplicate", message_id=str(event.message_id))
+            return None
+        obj = await uow.objects.lock(event.object_id)
+        if obj is None:
+            log.warning("result.unknown_object", object_id=str(event.object_id))
+            return None
+        fresh = (
+            obj.state == ObjectState.PROCESSING
+            and obj.task_id == event.task_id
+            and obj.current_operation == event.operation
+            and not obj.operations_status.get(event.operation, {}).get("completed")
+        )
+        if not fresh:
+            log.info("result.stale", object_id=str(obj.id), operation=event.operation, state=obj.state, message=type(event).__name__)
+            return None
+        return obj
+
+    def _dispatch_next(self, uow: UnitOfWork, obj: ProcessingObject) -> bool:
+        """Send the first operation not yet completed to the executors. False when none is left."""
+        pending = [op for op in obj.operations if not obj.operations_status.get(op, {}).get("completed")]
+        if not pending:
+            return False
+        operation = pending[0]
+        obj.current_operation = operation
+        obj.operations_status = {**obj.operations_status, operation: {"completed": False}}
+        uow.emit(
+            OPERATION_COMMANDS,
+            RunOperationV1(
+                object_id=obj.id,
+                task_id=obj.task_id,
+                operation=Operation(operation),
+                index=obj.operations.index(operation),
+                total=len(obj.operations),
+                identifier=obj.identifier,
+                data_url=obj.data_url,
+                data_format=obj.data_url_format,  # type: ignore[arg-type]
+                payload=obj.payload,
+                metadata=obj.object_metadata,
+                options=obj.options.get(operation, {}),
+            ),
+        )
+        return True
+
+    def _finish(self, uow: UnitOfWork, obj: ProcessingObject, event: str, detail: str | None = None) -> None:
+        self._transition(uow, obj, event, detail=detail)
+        obj.finished_at = _now()
+        self._record_change(uow, obj, "state_changed")
+        uow.admission_needed = True
+        log.info("object.finished", object_id=str(obj.id), state=obj.state, error=obj.error_message)
+
+    def _transition(self, uow: UnitOfWork, obj: ProcessingObject, event: str, detail: str | None = None) -> None:
+        before = obj.state
+        try:
+            ObjectMachine(model=obj, state_field="state").send(event)
+        except TransitionNotAllowed as exc:  # callers check first; reaching here is a bug, not a client error
+            msg = f"transition {event!r} not allowed from {before!r} for object {obj.id}"
+            raise RuntimeError(msg) from exc
+        self._audit(uow, obj, before, event, detail)
+
+    @staticmethod
+    def _audit(uow: UnitOfWork, obj: ProcessingObject, before: str | None, event: str, detail: str | None = None) -> None:
+        uow.objects.add_transition(
+            ObjectTransition(object_id=obj.id, from_state=before, to_state=obj.state, event=event, task_id=obj.task_id, detail=detail)
+        )
+
+    @staticmethod
+    def _record_change(uow: UnitOfWork, obj: ProcessingObject, change: Change) -> None:
+        obj.event_seq += 1
+        obj.updated_at = _now()
+        document = build_progress_document(obj)
+        uow.objects.add_event(
+            ObjectEvent(object_id=obj.id, seq=obj.event_seq, change=change, document=document.model_dump(mode="json"))
+        )
+        uow.emit(OBJECT_EVENTS, ObjectProgressedV1(object_id=obj.id, seq=obj.event_seq, change=change, document=document))
+
+    @staticmethod
+    def _reply(
+        command: SubmitObjectV1 | CancelObjectV1 | RetryObjectV1,
+        outcome: Literal["accepted", "exists", "conflict", "not_found"],
+        obj: ProcessingObject | None,
+        detail: str = "",
+    ) -> CommandReplyV1:
+        return CommandReplyV1(
+            command_id=command.message_id,
+            outcome=outcome,
+            object_id=obj.id if obj else None,
+            identifier=obj.identifier if obj else None,
+            state=ObjectState(obj.state) if obj else None,
+            task_id=obj.task_id if obj else None,
+            detail=detail,
+        )
+

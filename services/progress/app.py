@@ -1,0 +1,73 @@
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from faststream.redis import StreamSub
+from redis.asyncio import Redis
+from sqlalchemy import text
+
+from libs.common.broker import ensure_topology, make_broker
+from libs.common.db.session import create_engine, create_sessionmaker
+from libs.common.errors import ServiceError
+from libs.common.events import ObjectProgressedV1
+from libs.common.events.streams import OBJECT_EVENTS
+from services.progress.hub import Hub
+from services.progress.routes import router
+from services.progress.service import ProgressStreams
+from services.progress.settings import ProgressSettings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: ProgressSettings) -> FastAPI:
+    broker = make_broker(settings)
+    hub = Hub(settings.subscriber_queue_size)
+
+    # No consumer group: every progress instance reads every event (XREAD from "$"), since any of them may hold
+    # subscribers of any object.
+    @broker.subscriber(stream=StreamSub(OBJECT_EVENTS, polling_interval=1000), title="object-events")
+    async def on_object_event(event: ObjectProgressedV1) -> None:
+        hub.publish(event)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings)
+        redis = Redis.from_url(str(settings.redis_url))
+        await ensure_topology(redis, [OBJECT_EVENTS])
+        await broker.start()
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.redis = redis
+        app.state.hub = hub
+        app.state.streams = ProgressStreams(create_sessionmaker(engine), hub, settings.sse_retry_ms)
+        try:
+            yield
+        finally:
+            await broker.stop()
+            await redis.aclose()
+            await engine.dispose()
+
+    app = FastAPI(title="Object Processing API - progress", lifespan=lifespan)
+    app.include_router(router)
+
+    @app.exception_handler(ServiceError)
+    async def on_service_error(request: object, exc: ServiceError) -> JSONResponse:  # noqa: ARG001
+        return JSONResponse(
+            {"type": "about:blank", "title": exc.title, "status": exc.http_status, "detail": str(exc)},
+            status_code=exc.http_status,
+            media_type="application/problem+json",
+        )
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        try:
+            async with app.state.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            await app.state.redis.ping()
+        except Exception as exc:  # noqa: BLE001 - report, do not raise
+            return JSONResponse({"status": "unhealthy", "error": type(exc).__name__}, status_code=503)
+        return JSONResponse({"status": "ok", "subscribers": hub.subscriber_count})
+
+    return app

@@ -1,0 +1,14 @@
+from pydantic import Field
+
+from libs.common.settings import DatabaseSettings, ServiceSettings
+
+
+class ProgressSettings(ServiceSettings, DatabaseSettings):
+    service_name: str = "progress"
+    port: int = Field(default=8002, ge=1, le=65535)
+    sse_ping_seconds: int = Field(default=15, ge=1, le=300)
+    sse_retry_ms: int = Field(default=2000, ge=100)
+    """Reconnection delay suggested to clients (the SSE `retry:` field)."""
+    subscriber_queue_size: int = Field(default=256, ge=1)
+    """Events buffered per slow subscriber; past it the stream is closed and the client resumes with Last-Event-ID."""
+    database_pool_size: int = Field(default=5, ge=1)
