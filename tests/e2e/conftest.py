@@ -1,0 +1,92 @@
+"""The whole system as `make run` starts it: every service its own process, on free ports.
+
+Each stack gets a database of its own (created and migrated by the stack, as `make run` does) and a Redis
+database index of its own, flushed first, so stacks never read each other's streams.
+"""
+
+import asyncio
+import os
+import socket
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import redis as redis_sync
+from sqlalchemy.engine import make_url
+
+from deploy.local.stack import Stack, StackSettings
+from tests.conftest import ROOT, _admin_connection, free_port, required_env
+
+LOG_DIR = ROOT / "var" / "test-logs"
+
+
+def _free_run(start: int, count: int) -> bool:
+    for port in range(start, start + count):
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return False
+    return True
+
+
+async def _drop_database(name: str) -> None:
+    admin = await _admin_connection()
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+def stack_factory(s3_endpoint: str, bucket: str) -> Iterator[Callable[..., Stack]]:
+    started: list[tuple[Stack, str]] = []
+    redis_base = urlsplit(required_env("TEST_REDIS_URL"))
+    base_index = int(redis_base.path.lstrip("/") or 0)
+
+    def factory(name: str, **overrides: object) -> Stack:
+        db_name = f"opa_e2e_{name.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
+        database_url = (
+            make_url(required_env("TEST_DATABASE_URL"))
+            .set(database=db_name, drivername="postgresql+asyncpg")
+            .render_as_string(hide_password=False)
+        )
+        # Counting down from the configured index: 15, 14, ... one per stack of this session.
+        redis_url = urlunsplit(redis_base._replace(path=f"/{(base_index - len(started)) % 16}"))
+        redis_sync.Redis.from_url(redis_url).flushdb()
+        settings = StackSettings(
+            database_url=database_url,
+            redis_url=redis_url,
+            s3_endpoint_url=s3_endpoint,
+            s3_bucket=bucket,
+            gateway_port=free_port(),
+            orchestrator_port=free_port(),
+            progress_port=free_port(),
+            executor_base_port=free_port(),
+            **overrides,  # type: ignore[arg-type]
+        )
+        while not _free_run(settings.executor_base_port, settings.executors):
+            settings.executor_base_port = free_port()
+        extra_env = {"LOG_FORMAT": "console", "LOG_LEVEL": os.environ.get("TEST_SERVICE_LOG_LEVEL", "INFO")}
+        stack = Stack(settings, extra_env=extra_env, log_dir=LOG_DIR / name)
+        started.append((stack, db_name))
+        stack.start(timeout=90)
+        return stack
+
+    yield factory
+    with ThreadPoolExecutor(1) as pool:
+        for stack, db_name in started:
+            stack.stop()
+            pool.submit(asyncio.run, _drop_database(db_name)).result()
+
+
+@pytest.fixture(scope="session")
+def stack(stack_factory: Callable[..., Stack]) -> Stack:
+    return stack_factory("main")
+
+
+@pytest.fixture
+async def api(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as client:
+        yield client
