@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,7 +80,9 @@ class Stack:
         try:
             if not self.settings.s3_endpoint_url:
                 self._start_moto()
-            asyncio.run(self._prepare_backends())
+            # In a thread of its own: start() may be called from code that already runs an event loop (tests).
+            with ThreadPoolExecutor(1) as pool:
+                pool.submit(asyncio.run, self._prepare_backends()).result()
             self._migrate()
             self._start_services()
             self._wait_healthy(timeout)

@@ -59,9 +59,9 @@ def progress_message(state: ObjectState, current_operation: str | None, error_me
 def build_progress_document(obj: ProcessingObject) -> ProgressDocument:
     state = ObjectState(obj.state)
     statuses = {
-        op: OperationStatus(completed=bool(done), s3_url=done.get("s3_url") if done else None)
+        op: OperationStatus(completed=bool(status.get("completed")), s3_url=status.get("s3_url"))
         for op in obj.operations
-        for done in [obj.operations_status.get(op)]
+        for status in [obj.operations_status.get(op) or {}]
     }
     completed = sum(status.completed for status in statuses.values())
     running = obj.current_operation if state is ObjectState.PROCESSING else None
