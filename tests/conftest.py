@@ -8,6 +8,7 @@
 `make test` points the TEST_* variables at this machine's services.
 """
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -55,7 +56,9 @@ def s3_endpoint() -> Iterator[str]:
         return
     port = free_port()
     moto = Path(sys.executable).with_name("moto_server")
-    process = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -74,7 +77,9 @@ def s3_endpoint() -> Iterator[str]:
 
 async def _admin_connection() -> asyncpg.Connection:
     url = make_url(required_env("TEST_DATABASE_URL"))
-    return await asyncpg.connect(host=url.host, port=url.port or 5432, user=url.username, password=url.password, database=url.database)
+    return await asyncpg.connect(
+        host=url.host, port=url.port or 5432, user=url.username, password=url.password, database=url.database
+    )
 
 
 @pytest.fixture(scope="session")
@@ -86,13 +91,16 @@ async def database_url() -> AsyncIterator[str]:
     await admin.close()
     url = make_url(required_env("TEST_DATABASE_URL")).set(database=name, drivername="postgresql+asyncpg")
     rendered = url.render_as_string(hide_password=False)
-    subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"],
+    migrate = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "alembic", "upgrade", "head"),
         cwd=ROOT,
         env={**os.environ, "DATABASE_URL": rendered},
-        check=True,
-        capture_output=True,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
+    output, _ = await migrate.communicate()
+    if migrate.returncode != 0:
+        pytest.fail(f"alembic upgrade head failed:\n{output.decode()}")
     yield rendered
     admin = await _admin_connection()
     await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

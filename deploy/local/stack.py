@@ -96,11 +96,13 @@ class Stack:
             port = free_port()
         self.settings.s3_endpoint_url = f"http://127.0.0.1:{port}"
         moto = Path(sys.executable).with_name("moto_server")
-        self._spawn("s3", [str(moto), "-H", "127.0.0.1", "-p", str(port)], f"{self.settings.s3_endpoint_url}/moto-api/", {})
+        self._spawn(
+            "s3", [str(moto), "-H", "127.0.0.1", "-p", str(port)], f"{self.settings.s3_endpoint_url}/moto-api/", {}
+        )
 
     def _env(self, **overrides: str) -> dict[str, str]:
         s = self.settings
-        env = {
+        return {
             **os.environ,
             "DATABASE_URL": s.database_url,
             "REDIS_URL": s.redis_url,
@@ -115,7 +117,6 @@ class Stack:
             **self.extra_env,
             **overrides,
         }
-        return env
 
     async def _prepare_backends(self) -> None:
         url = make_url(self.settings.database_url)
@@ -148,9 +149,7 @@ class Stack:
                     await asyncio.sleep(0.2)
 
     def _migrate(self) -> None:
-        subprocess.run(  # noqa: S603 - our own interpreter and alembic
-            [sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=self._env(), check=True
-        )
+        subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=self._env(), check=True)
 
     def _start_services(self) -> None:
         s = self.settings
@@ -230,7 +229,7 @@ def main() -> None:
     stack = Stack(settings)
     stopping = False
 
-    def on_signal(signum: int, _frame: object) -> None:
+    def on_signal(_signum: int, _frame: object) -> None:
         nonlocal stopping
         if not stopping:
             stopping = True
@@ -239,12 +238,12 @@ def main() -> None:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         stack.start()
-        print(f"\nObject Processing API is up at http://localhost:{settings.gateway_port}  (docs: /docs)")  # noqa: T201
-        print(f"S3 endpoint: {settings.s3_endpoint_url}, bucket: {settings.s3_bucket}. Ctrl-C stops everything.\n")  # noqa: T201
+        print(f"\nObject Processing API is up at http://localhost:{settings.gateway_port}  (docs: /docs)")
+        print(f"S3 endpoint: {settings.s3_endpoint_url}, bucket: {settings.s3_bucket}. Ctrl-C stops everything.\n")
         while all(p.popen.poll() is None for p in stack.processes):
             time.sleep(0.5)
         dead = [p.name for p in stack.processes if p.popen.poll() is not None]
-        print(f"stopping: {', '.join(dead)} exited", file=sys.stderr)  # noqa: T201
+        print(f"stopping: {', '.join(dead)} exited", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         pass

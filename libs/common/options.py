@@ -83,8 +83,8 @@ class FilterStep(OperationOptions):
     @field_validator("expression")
     @classmethod
     def _compiles(cls, value: str) -> str:
-        import jmespath  # noqa: PLC0415 - keeps jmespath off the import path of modules that never filter
-        from jmespath.exceptions import JMESPathError  # noqa: PLC0415
+        import jmespath
+        from jmespath.exceptions import JMESPathError
 
         try:
             jmespath.compile(value)

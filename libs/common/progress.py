@@ -43,7 +43,9 @@ class ProgressDocument(BaseModel):
     updated_at: datetime
 
 
-def progress_message(state: ObjectState, current_operation: str | None, error_message: str | None, cancel_requested: bool) -> str:
+def progress_message(
+    state: ObjectState, current_operation: str | None, error_message: str | None, cancel_requested: bool
+) -> str:
     if state is ObjectState.PROCESSING:
         running = f"Executing {current_operation}" if current_operation else "Waiting for an executor"
         return f"{running}; cancellation requested" if cancel_requested else running

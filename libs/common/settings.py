@@ -31,7 +31,7 @@ class S3Settings(BaseSettings):
     s3_region: str = "us-east-1"
     s3_endpoint_url: str | None = None
     aws_access_key_id: SecretStr = SecretStr("test")
-    aws_secret_access_key: SecretStr = SecretStr("test")  # noqa: S105 - the moto/LocalStack default, overridden in production
+    aws_secret_access_key: SecretStr = SecretStr("test")
     s3_presign_expiry_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
 
 

@@ -27,7 +27,9 @@ and follow their progress. Every error is RFC 9457 problem details (`application
 def create_app(settings: GatewaySettings) -> FastAPI:
     broker = make_broker(settings)
     publisher = broker.publisher(
-        stream=StreamSub(OBJECT_COMMANDS, maxlen=settings.stream_maxlen), schema=AnyObjectCommand, title="object-commands"
+        stream=StreamSub(OBJECT_COMMANDS, maxlen=settings.stream_maxlen),
+        schema=AnyObjectCommand,
+        title="object-commands",
     )
 
     @asynccontextmanager
@@ -36,7 +38,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         redis = Redis.from_url(str(settings.redis_url))
         await ensure_topology(redis)
         await broker.start()
-        commands = CommandBus(redis, publisher, reply_channel(settings.service_name, settings.instance_id), settings.command_timeout_seconds)
+        commands = CommandBus(
+            redis,
+            publisher,
+            reply_channel(settings.service_name, settings.instance_id),
+            settings.command_timeout_seconds,
+        )
         await commands.start()
         proxy = StreamProxy(str(settings.progress_url))
         app.state.engine = engine
@@ -73,6 +80,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         except Exception as exc:  # noqa: BLE001
             checks["redis"] = type(exc).__name__
         healthy = all(v == "ok" for v in checks.values())
-        return JSONResponse({"status": "ok" if healthy else "unhealthy", "checks": checks}, status_code=200 if healthy else 503)
+        return JSONResponse(
+            {"status": "ok" if healthy else "unhealthy", "checks": checks}, status_code=200 if healthy else 503
+        )
 
     return app

@@ -42,7 +42,7 @@ class CommandBus:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
         if self._pubsub:
-            await self._pubsub.aclose()
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def send(self, command: ObjectCommand) -> CommandReplyV1:
         """Publish the command and wait for the orchestrator's reply. Raises UnavailableError on timeout."""
@@ -64,14 +64,15 @@ class CommandBus:
             self._waiting.pop(command.message_id, None)
 
     async def _listen(self) -> None:
-        assert self._pubsub is not None
+        if self._pubsub is None:
+            return
         while True:
             try:
                 async for message in self._pubsub.listen():
                     self._resolve(message["data"])
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - reconnect after a Redis outage
+            except Exception:
                 log.exception("command.reply_listener_failed")
                 await asyncio.sleep(1)
                 with contextlib.suppress(Exception):

@@ -26,7 +26,8 @@ def _location(loc: tuple[int | str, ...]) -> str:
 
 
 async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
+    if not isinstance(exc, RequestValidationError):
+        raise exc
     errors = [
         {"loc": _location(tuple(e["loc"])), "msg": e["msg"].removeprefix("Value error, "), "type": e["type"]}
         for e in exc.errors()
@@ -38,7 +39,8 @@ async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ServiceError)
+    if not isinstance(exc, ServiceError):
+        raise exc
     response = problem(exc.http_status, exc.title, str(exc), request)
     if isinstance(exc, UnavailableError):
         response.headers["Retry-After"] = RETRY_AFTER_SECONDS
@@ -46,8 +48,9 @@ async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    detail = exc.detail if isinstance(exc.detail, str) else "request refused"
+    if not isinstance(exc, StarletteHTTPException):
+        raise exc
+    detail = str(exc.detail)
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no route {request.method} {request.url.path}"
     response = problem(exc.status_code, _title(exc.status_code), detail, request)
@@ -57,7 +60,7 @@ async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def on_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("request.failed", path=request.url.path, error_type=type(exc).__name__)
+    log.error("request.failed", path=request.url.path, error_type=type(exc).__name__)
     # A dependency outage shows up as a connection error deep in a driver: tell the client to come back.
     if isinstance(exc, OSError | ConnectionError | TimeoutError) or "connect" in type(exc).__name__.lower():
         response = problem(503, "Service unavailable", "a backing service is unreachable; try again shortly", request)
@@ -67,7 +70,7 @@ async def on_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _title(status: int) -> str:
-    from http import HTTPStatus  # noqa: PLC0415
+    from http import HTTPStatus
 
     try:
         return HTTPStatus(status).phrase

@@ -8,7 +8,15 @@ from fastapi.responses import JSONResponse
 
 from libs.common.progress import ProgressDocument
 from services.gateway.proxy import StreamProxy
-from services.gateway.schemas import CommandResponse, Identifier, ObjectResponse, ProcessRequest, ProcessResponse, Problem, StatusResponse
+from services.gateway.schemas import (
+    CommandResponse,
+    Identifier,
+    ObjectResponse,
+    Problem,
+    ProcessRequest,
+    ProcessResponse,
+    StatusResponse,
+)
 from services.gateway.service import GatewayService
 
 router = APIRouter(prefix="/api/v1")
@@ -18,9 +26,14 @@ def _problem(description: str) -> dict[str, Any]:
     return {"model": Problem, "description": description, "content": {"application/problem+json": {}}}
 
 
-INVALID = {400: _problem("The body is not valid JSON."), 422: _problem("The request does not match the schema.")}
-NOT_FOUND = {404: _problem("No such object.")}
-UNAVAILABLE = {503: _problem("A backing service is unavailable; retry after `Retry-After` seconds.")}
+INVALID: dict[int | str, dict[str, Any]] = {
+    400: _problem("The body is not valid JSON."),
+    422: _problem("The request does not match the schema."),
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: _problem("No such object.")}
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: _problem("A backing service is unavailable; retry after `Retry-After` seconds.")
+}
 
 ObjectId = Annotated[UUID, Path(description="The object's id, as returned by POST /api/v1/process.")]
 
@@ -43,7 +56,10 @@ Service = Annotated[GatewayService, Depends(get_service)]
     status_code=status.HTTP_202_ACCEPTED,
     response_model=ProcessResponse,
     responses={
-        200: {"model": ProcessResponse, "description": "The identifier was submitted before: this is that object, unchanged."},
+        200: {
+            "model": ProcessResponse,
+            "description": "The identifier was submitted before: this is that object, unchanged.",
+        },
         413: _problem("The inline payload is over the limit; use `source`."),
         **INVALID,
         **UNAVAILABLE,
@@ -63,7 +79,7 @@ async def process(body: ProcessRequest, request: Request, response: Response, se
 
 
 @router.get("/progress/{id}", response_model=ProgressDocument, responses={**NOT_FOUND, 422: INVALID[422]})
-async def progress(id: ObjectId, service: Service) -> ProgressDocument:  # noqa: A002 - the API's own name
+async def progress(id: ObjectId, service: Service) -> ProgressDocument:
     return await service.progress(id)
 
 
@@ -71,15 +87,22 @@ async def progress(id: ObjectId, service: Service) -> ProgressDocument:  # noqa:
     "/progress/{id}/stream",
     response_class=Response,
     responses={
-        200: {"content": {"text/event-stream": {}}, "description": "One unnamed SSE event per change; `data:` is the progress document."},
-        204: {"description": "The object reached a terminal state before the `Last-Event-ID` sent: nothing more will come."},
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "One unnamed SSE event per change; `data:` is the progress document.",
+        },
+        204: {
+            "description": "The object reached a terminal state before the `Last-Event-ID` sent: nothing more will come."
+        },
         **NOT_FOUND,
         422: INVALID[422],
         **UNAVAILABLE,
     },
     summary="Stream progress as Server-Sent Events",
 )
-async def progress_stream(id: ObjectId, request: Request, proxy: Annotated[StreamProxy, Depends(get_proxy)]) -> Response:  # noqa: A002
+async def progress_stream(
+    id: ObjectId, request: Request, proxy: Annotated[StreamProxy, Depends(get_proxy)]
+) -> Response:
     """Sends the current progress document at once, then one event per change, and ends after a terminal state.
 
     Each event has an `id:`; a client that reconnects with `Last-Event-ID` resumes without gaps.
@@ -108,7 +131,7 @@ async def object_by_identifier(identifier: Annotated[Identifier, Path()], servic
         **UNAVAILABLE,
     },
 )
-async def cancel(id: ObjectId, service: Service) -> JSONResponse:  # noqa: A002
+async def cancel(id: ObjectId, service: Service) -> JSONResponse:
     """Pending and queued objects are cancelled at once (200); a processing one after its running operation (202)."""
     answer = await service.cancel(id)
     code = status.HTTP_200_OK if answer.state == "cancelled" else status.HTTP_202_ACCEPTED
@@ -121,6 +144,6 @@ async def cancel(id: ObjectId, service: Service) -> JSONResponse:  # noqa: A002
     response_model=CommandResponse,
     responses={409: _problem("Only failed objects can be retried."), **NOT_FOUND, 422: INVALID[422], **UNAVAILABLE},
 )
-async def retry(id: ObjectId, service: Service) -> CommandResponse:  # noqa: A002
+async def retry(id: ObjectId, service: Service) -> CommandResponse:
     """Puts a failed object back in the queue; it resumes after its last completed operation."""
     return await service.retry(id)

@@ -4,9 +4,18 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from libs.common.domain import IDENTIFIER_PATTERN, check_identifier, ObjectState, Operation
+from libs.common.domain import IDENTIFIER_PATTERN, ObjectState, Operation, check_identifier
 from libs.common.options import OPTIONS_MODELS
 from libs.common.progress import OperationStatus
 from libs.common.s3 import parse_s3_url
@@ -35,9 +44,13 @@ class ProcessRequest(BaseModel):
         description="Run in this order; each at most once.",
         examples=[["validate", "transform", "analyze"]],
     )
-    payload: JsonValue = Field(default=None, description="The object's data inline: a JSON document or an array of records.")
+    payload: JsonValue = Field(
+        default=None, description="The object's data inline: a JSON document or an array of records."
+    )
     source: str | None = Field(
-        default=None, max_length=2048, description="The object's data in S3: an s3://bucket/key URL of JSON, NDJSON or CSV."
+        default=None,
+        max_length=2048,
+        description="The object's data in S3: an s3://bucket/key URL of JSON, NDJSON or CSV.",
     )
     format: Literal["json", "ndjson", "csv"] | None = Field(
         default=None, description="Format of `source`; from its extension or content type when omitted."

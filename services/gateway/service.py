@@ -24,6 +24,13 @@ class PayloadTooLargeError(ServiceError):
     http_status = 413
 
 
+class UnexpectedReplyError(RuntimeError):
+    """The orchestrator answered without the fields its outcome promises: a bug, never a client error."""
+
+    def __init__(self, reply: CommandReplyV1) -> None:
+        super().__init__(f"incomplete reply from the orchestrator: {reply.model_dump_json()}")
+
+
 class GatewayService:
     def __init__(
         self,
@@ -65,7 +72,8 @@ class GatewayService:
             existing = await self._read(lambda r: r.get(found_id))
             if existing is not None:
                 return self._existing(existing), False
-        assert reply.object_id and reply.task_id and reply.state, reply
+        if reply.object_id is None or reply.task_id is None:
+            raise UnexpectedReplyError(reply)
         return (
             ProcessResponse(
                 id=reply.object_id,
@@ -79,10 +87,14 @@ class GatewayService:
         )
 
     async def cancel(self, object_id: UUID) -> CommandResponse:
-        return self._command_response(await self.commands.send(CancelObjectV1(object_id=object_id, reply_to=self.commands.reply_channel)))
+        return self._command_response(
+            await self.commands.send(CancelObjectV1(object_id=object_id, reply_to=self.commands.reply_channel))
+        )
 
     async def retry(self, object_id: UUID) -> CommandResponse:
-        return self._command_response(await self.commands.send(RetryObjectV1(object_id=object_id, reply_to=self.commands.reply_channel)))
+        return self._command_response(
+            await self.commands.send(RetryObjectV1(object_id=object_id, reply_to=self.commands.reply_channel))
+        )
 
     async def progress(self, object_id: UUID) -> ProgressDocument:
         obj = await self._read(lambda r: r.get(object_id))
@@ -96,7 +108,22 @@ class GatewayService:
             raise NotFoundError(f"no object with identifier {identifier!r}")
         document = build_progress_document(obj)
         return ObjectResponse(
-            **document.model_dump(include={"id", "identifier", "state", "operations", "current_operation", "operations_status", "s3_artifacts", "error_message", "task_id", "cancel_requested", "created_at", "updated_at"}),
+            **document.model_dump(
+                include={
+                    "id",
+                    "identifier",
+                    "state",
+                    "operations",
+                    "current_operation",
+                    "operations_status",
+                    "s3_artifacts",
+                    "error_message",
+                    "task_id",
+                    "cancel_requested",
+                    "created_at",
+                    "updated_at",
+                }
+            ),
             attempt=obj.attempt,
             source=obj.source,
             metadata=obj.object_metadata,
@@ -134,5 +161,6 @@ class GatewayService:
             raise NotFoundError(reply.detail or "no object with this id")
         if reply.outcome == "conflict":
             raise InvalidTransitionError(reply.detail)
-        assert reply.object_id and reply.identifier and reply.state, reply
+        if reply.object_id is None or reply.identifier is None or reply.state is None:
+            raise UnexpectedReplyError(reply)
         return CommandResponse(id=reply.object_id, identifier=reply.identifier, state=reply.state, message=reply.detail)

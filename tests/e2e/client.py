@@ -16,8 +16,12 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-async def submit(api: httpx.AsyncClient, operations: list[str], identifier: str | None = None, **extra: Any) -> dict[str, Any]:
-    response = await api.post("/api/v1/process", json={"identifier": identifier or unique("obj"), "operations": operations, **extra})
+async def submit(
+    api: httpx.AsyncClient, operations: list[str], identifier: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    response = await api.post(
+        "/api/v1/process", json={"identifier": identifier or unique("obj"), "operations": operations, **extra}
+    )
     assert response.status_code == 202, response.text
     body: dict[str, Any] = response.json()
     return body
@@ -30,7 +34,9 @@ async def progress(api: httpx.AsyncClient, object_id: str) -> dict[str, Any]:
     return body
 
 
-async def wait_for(api: httpx.AsyncClient, object_id: str, states: set[str] | str = TERMINAL, timeout: float = 60) -> dict[str, Any]:
+async def wait_for(
+    api: httpx.AsyncClient, object_id: str, states: set[str] | str = TERMINAL, timeout: float = 60
+) -> dict[str, Any]:
     wanted = {states} if isinstance(states, str) else states
     deadline = time.monotonic() + timeout
     while True:
@@ -38,7 +44,9 @@ async def wait_for(api: httpx.AsyncClient, object_id: str, states: set[str] | st
         if document["state"] in wanted:
             return document
         if time.monotonic() > deadline:
-            raise AssertionError(f"{object_id} still {document['state']} after {timeout}s (wanted {wanted}): {document}")
+            raise AssertionError(
+                f"{object_id} still {document['state']} after {timeout}s (wanted {wanted}): {document}"
+            )
         await asyncio.sleep(0.05)
 
 
@@ -49,13 +57,18 @@ class SseEvent:
     data: dict[str, Any]
 
 
-async def read_sse(api: httpx.AsyncClient, object_id: str, last_event_id: str | None = None, timeout: float = 60) -> tuple[int, list[SseEvent]]:
+async def read_sse(
+    api: httpx.AsyncClient, object_id: str, last_event_id: str | None = None, timeout: float = 60
+) -> tuple[int, list[SseEvent]]:
     """Reads the stream until the server ends it. Returns the status code and the events."""
     headers = {"Accept": "text/event-stream"}
     if last_event_id is not None:
         headers["Last-Event-ID"] = last_event_id
     events: list[SseEvent] = []
-    async with asyncio.timeout(timeout), api.stream("GET", f"/api/v1/progress/{object_id}/stream", headers=headers) as response:
+    async with (
+        asyncio.timeout(timeout),
+        api.stream("GET", f"/api/v1/progress/{object_id}/stream", headers=headers) as response,
+    ):
         if response.status_code != 200:
             await response.aread()
             return response.status_code, events

@@ -8,9 +8,9 @@ import asyncio
 import os
 import socket
 import uuid
-from urllib.parse import urlsplit, urlunsplit
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest

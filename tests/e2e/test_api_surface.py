@@ -10,7 +10,9 @@ from tests.e2e.client import unique, wait_for
 
 async def test_seed_readme_examples_work_as_shown(api: httpx.AsyncClient) -> None:
     identifier = unique("object")
-    created = await api.post("/api/v1/process", json={"identifier": identifier, "operations": ["validate", "transform", "analyze"]})
+    created = await api.post(
+        "/api/v1/process", json={"identifier": identifier, "operations": ["validate", "transform", "analyze"]}
+    )
     assert created.status_code == 202
     body = created.json()
     assert set(body) == {"id", "identifier", "state", "task_id", "message"}
@@ -18,7 +20,16 @@ async def test_seed_readme_examples_work_as_shown(api: httpx.AsyncClient) -> Non
     assert body["message"] == "Object queued for processing"
 
     document = (await api.get(f"/api/v1/progress/{body['id']}")).json()
-    expected = {"id", "identifier", "state", "current_operation", "progress", "operations_status", "s3_artifacts", "error_message"}
+    expected = {
+        "id",
+        "identifier",
+        "state",
+        "current_operation",
+        "progress",
+        "operations_status",
+        "s3_artifacts",
+        "error_message",
+    }
     assert expected <= set(document)
     assert set(document["progress"]) == {"current", "total", "message"}
 

@@ -37,7 +37,12 @@ BAD_BODIES: list[tuple[str, Any, int, str]] = [
     ("options for an absent operation", _body(options={"export": {"format": "csv"}}), 422, "not in `operations`"),
     ("unknown option", _body(options={"validate": {"strict": True}}), 422, "validate"),
     ("invalid JSON Schema", _body(options={"validate": {"schema": {"type": "nonsense"}}}), 422, "JSON Schema"),
-    ("invalid filter expression", _body(operations=["transform"], options={"transform": {"steps": [{"op": "filter", "expression": "a[?"}]}}), 422, "JMESPath"),
+    (
+        "invalid filter expression",
+        _body(operations=["transform"], options={"transform": {"steps": [{"op": "filter", "expression": "a[?"}]}}),
+        422,
+        "JMESPath",
+    ),
 ]
 
 
@@ -50,7 +55,9 @@ def _assert_problem(response: httpx.Response, status: int, mentions: str) -> Non
 
 
 @pytest.mark.parametrize(("case", "body", "status", "mentions"), BAD_BODIES, ids=[c[0] for c in BAD_BODIES])
-async def test_bad_submission_is_refused_with_a_clear_problem(api: httpx.AsyncClient, case: str, body: Any, status: int, mentions: str) -> None:
+async def test_bad_submission_is_refused_with_a_clear_problem(
+    api: httpx.AsyncClient, case: str, body: Any, status: int, mentions: str
+) -> None:
     _assert_problem(await api.post("/api/v1/process", json=body), status, mentions)
 
 

@@ -66,9 +66,7 @@ class ObjectEvent(Base):
 
     __tablename__ = "object_event"
 
-    object_id: Mapped[UUID] = mapped_column(
-        ForeignKey("processing_object.id", ondelete="CASCADE"), primary_key=True
-    )
+    object_id: Mapped[UUID] = mapped_column(ForeignKey("processing_object.id", ondelete="CASCADE"), primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     change: Mapped[str] = mapped_column(String(32))
     # JSON, not JSONB: the document is replayed to clients byte for byte, with its keys in their original order.
