@@ -7,7 +7,7 @@ from typing import Any
 import structlog
 from faststream import ExceptionMiddleware
 from faststream.redis import RedisBroker
-from faststream.redis.message import RedisStreamMessage
+from faststream.redis.annotations import RedisStreamMessage
 from faststream.redis.parser.message import MessageFormat
 from pydantic import ValidationError
 from redis.asyncio import Redis

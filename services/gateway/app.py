@@ -62,6 +62,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             await engine.dispose()
 
     app = FastAPI(title="Object Processing API", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.broker = broker  # read by deploy/asyncapi.py to document the streams this service uses
     errors.install(app)
     app.include_router(router)
 

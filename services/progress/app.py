@@ -50,6 +50,7 @@ def create_app(settings: ProgressSettings) -> FastAPI:
             await engine.dispose()
 
     app = FastAPI(title="Object Processing API - progress", lifespan=lifespan)
+    app.state.broker = broker  # read by deploy/asyncapi.py to document the streams this service uses
     app.include_router(router)
 
     @app.exception_handler(ServiceError)
