@@ -25,9 +25,9 @@ async def test_malformed_entry_is_dead_lettered_and_the_consumer_goes_on(
     redis = Redis.from_url(stack.settings.redis_url)
     try:
         before = await redis.xlen(DEAD_LETTERS)
-        entry_id = (await redis.xadd(stream, body)).decode()  # type: ignore[arg-type]
+        entry_id = str(await redis.xadd(stream, body), "utf-8")  # type: ignore[arg-type]
         for _ in range(200):
-            letters = await redis.xrange(DEAD_LETTERS, count=1000)
+            letters: list[tuple[bytes, dict[bytes, bytes]]] = await redis.xrange(DEAD_LETTERS, count=1000)  # type: ignore[assignment]
             if len(letters) > before and any(entry_id.encode() in fields[DATA_FIELD.encode()] for _, fields in letters):
                 break
             await asyncio.sleep(0.05)
