@@ -7,9 +7,13 @@ from pydantic import Field, PostgresDsn, RedisDsn, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class ServiceSettings(BaseSettings):
+class _Settings(BaseSettings):
+    # Every settings class and mixin carries the config: with multiple inheritance, pydantic takes the config of
+    # the last base, so a mixin without it would silently turn `.env` reading off.
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
 
+
+class ServiceSettings(_Settings):
     service_name: str
     instance_id: str = Field(default_factory=socket.gethostname)
     redis_url: RedisDsn = RedisDsn("redis://127.0.0.1:6379/0")
@@ -21,12 +25,12 @@ class ServiceSettings(BaseSettings):
     stream_maxlen: int = Field(default=100_000, ge=1_000)
 
 
-class DatabaseSettings(BaseSettings):
+class DatabaseSettings(_Settings):
     database_url: PostgresDsn = PostgresDsn("postgresql+asyncpg://postgres@127.0.0.1:5432/processing_db")
     database_pool_size: int = Field(default=10, ge=1)
 
 
-class S3Settings(BaseSettings):
+class S3Settings(_Settings):
     s3_bucket: str = "artifacts-bucket"
     s3_region: str = "us-east-1"
     s3_endpoint_url: str | None = None
@@ -35,5 +39,5 @@ class S3Settings(BaseSettings):
     s3_presign_expiry_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
 
 
-class ConcurrencySettings(BaseSettings):
+class ConcurrencySettings(_Settings):
     max_parallel_workers: int = Field(default=3, ge=1, le=1000)

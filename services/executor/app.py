@@ -1,7 +1,9 @@
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
+import orjson
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.asgi.types import Scope
 from redis.asyncio import Redis
@@ -39,9 +41,20 @@ def create_app(settings: ExecutorSettings) -> AsgiFastStream:
 
     @get(include_in_schema=False)
     async def health(scope: Scope) -> AsgiResponse:  # noqa: ARG001
-        if runner_holder and await broker.ping(timeout=2.0):
-            return AsgiResponse(b'{"status":"ok"}', 200, headers={"content-type": "application/json"})
-        return AsgiResponse(b'{"status":"unhealthy"}', 503, headers={"content-type": "application/json"})
+        checks = {"redis": "ok", "s3": "ok"}
+        if not await broker.ping(timeout=2.0):
+            checks["redis"] = "unreachable"
+        if not runner_holder:
+            checks["s3"] = "starting"
+        else:
+            try:
+                async with asyncio.timeout(2.0):
+                    await runner_holder[0].storage.check()
+            except Exception as exc:  # noqa: BLE001 - report, do not raise
+                checks["s3"] = type(exc).__name__
+        healthy = all(value == "ok" for value in checks.values())
+        body = orjson.dumps({"status": "ok" if healthy else "unhealthy", "checks": checks})
+        return AsgiResponse(body, 200 if healthy else 503, headers={"content-type": "application/json"})
 
     return AsgiFastStream(
         broker,

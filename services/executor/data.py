@@ -45,12 +45,13 @@ class Dataset:
 
 
 def detect_format(explicit: str | None, key: str, content_type: str | None = None) -> DataFormat:
-    if explicit in CONTENT_TYPES:
-        return explicit  # type: ignore[return-value]
+    for fmt in CONTENT_TYPES:
+        if explicit == fmt:
+            return fmt
     lowered = key.lower()
     for suffix, fmt in ((".ndjson", "ndjson"), (".jsonl", "ndjson"), (".csv", "csv"), (".json", "json")):
         if lowered.endswith(suffix):
-            return fmt  # type: ignore[return-value]
+            return fmt
     if content_type:
         for fmt, known in CONTENT_TYPES.items():
             if content_type.split(";")[0].strip() == known:
@@ -65,10 +66,22 @@ def parse(raw: bytes, fmt: DataFormat) -> Dataset:
         msg = f"data is not UTF-8 text (byte {exc.start})"
         raise DataError(msg) from None
     if fmt == "csv":
-        return Dataset(records=list(csv.DictReader(io.StringIO(text, newline=""))))  # type: ignore[arg-type]
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        rows: list[JsonValue] = []
+        try:
+            for row in reader:
+                if None in row:  # DictReader puts surplus cells under the key None, which JSON cannot hold
+                    msg = f"CSV line {reader.line_num} has more cells than the header"
+                    raise DataError(msg)
+                rows.append(row)
+        except csv.Error as exc:
+            msg = f"CSV line {reader.line_num} cannot be read: {exc}"
+            raise DataError(msg) from None
+        return Dataset(records=rows)
     if fmt == "ndjson":
         records: list[JsonValue] = []
-        for number, line in enumerate(text.splitlines(), start=1):
+        # split("\n"), not splitlines(): JSON strings may hold U+2028, U+0085 and other characters splitlines() cuts at.
+        for number, line in enumerate(text.split("\n"), start=1):
             if line.strip():
                 try:
                     records.append(orjson.loads(line))
@@ -90,6 +103,8 @@ def serialize(dataset: Dataset, fmt: DataFormat) -> bytes:
         return b"".join(orjson.dumps(record) + b"\n" for record in dataset.records)
     buffer = io.StringIO(newline="")
     fields = dataset.field_names()
+    if "value" not in fields and any(not isinstance(record, dict) for record in dataset.records):
+        fields.append("value")  # the column non-object records are written to, below
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     for record in dataset.records:

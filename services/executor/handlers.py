@@ -12,7 +12,9 @@ from services.executor.settings import ExecutorSettings
 
 def register(broker: RedisBroker, settings: ExecutorSettings, runner: Callable[[], OperationRunner]) -> None:
     results = broker.publisher(
-        stream=StreamSub(OPERATION_RESULTS, maxlen=settings.stream_maxlen), schema=AnyOperationResult, title="operation-results"
+        stream=StreamSub(OPERATION_RESULTS, maxlen=settings.stream_maxlen),
+        schema=AnyOperationResult,
+        title="operation-results",
     )
 
     @broker.subscriber(

@@ -11,7 +11,7 @@ from pydantic import JsonValue, ValidationError
 
 from libs.common.domain import artifact_key
 from libs.common.events import OperationCompletedV1, OperationFailedV1, OperationStartedV1, RunOperationV1
-from services.executor.data import CONTENT_TYPES, DataError, Dataset, DataFormat, detect_format, parse, serialize
+from services.executor.data import CONTENT_TYPES, DataError, DataFormat, Dataset, detect_format, parse, serialize
 from services.executor.operations import REGISTRY
 from services.executor.operations.base import OperationContext, OperationFailedError, OperationOutcome
 from services.executor.storage import ObjectMissingError, Storage, StorageUnavailableError
@@ -34,13 +34,14 @@ class OperationRunner:
     async def run(self, command: RunOperationV1) -> Result:
         """Returns the result to publish. Raises only for what may succeed on another delivery."""
         key = artifact_key(command.identifier, command.operation)
-        previous = await self._previous_success(command, key)
-        if previous is not None:
-            log.info("operation.already_done", operation=command.operation)
-            return previous
         started_at = datetime.now(UTC)
         clock = time.perf_counter()
         try:
+            # Inside the try: S3 being unavailable here must fail the operation like anywhere else, not escape.
+            previous = await self._previous_success(command, key)
+            if previous is not None:
+                log.info("operation.already_done", operation=command.operation)
+                return previous
             data, raw, fmt = await self._load(command)
             spec = REGISTRY[command.operation]
             try:
@@ -59,7 +60,9 @@ class OperationRunner:
             outcome = await spec.run(data, context)
             output_url = await self._store_output(command, outcome)
             duration_ms = (time.perf_counter() - clock) * 1000
-            artifact = self._artifact(command, context, started_at, duration_ms, "succeeded", outcome.result, output_url)
+            artifact = self._artifact(
+                command, context, started_at, duration_ms, "succeeded", outcome.result, output_url
+            )
             s3_url = await self.storage.put(key, artifact, "application/json", {"object-id": str(command.object_id)})
         except OperationFailedError as exc:
             return await self._failed(command, key, str(exc), exc.report, started_at, clock)
@@ -169,7 +172,12 @@ class OperationRunner:
 
     @staticmethod
     def _ids(command: RunOperationV1) -> dict[str, Any]:
-        return {"object_id": command.object_id, "task_id": command.task_id, "operation": command.operation, "index": command.index}
+        return {
+            "object_id": command.object_id,
+            "task_id": command.task_id,
+            "operation": command.operation,
+            "index": command.index,
+        }
 
 
 def _describe(exc: Exception, command: RunOperationV1) -> str:

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import structlog
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 from types_aiobotocore_s3 import S3Client
 
 from libs.common.s3 import parse_s3_url
@@ -26,7 +26,9 @@ class StorageUnavailableError(RuntimeError):
 
 
 class Storage:
-    def __init__(self, client: S3Client, bucket: str, attempts: int, backoff_seconds: float, presign_expiry: int) -> None:
+    def __init__(
+        self, client: S3Client, bucket: str, attempts: int, backoff_seconds: float, presign_expiry: int
+    ) -> None:
         self.client = client
         self.bucket = bucket
         self.attempts = attempts
@@ -65,6 +67,10 @@ class Storage:
         )
         return self.url(key)
 
+    async def check(self) -> None:
+        """Raises when the bucket cannot be reached (health checks)."""
+        await self.client.head_bucket(Bucket=self.bucket)
+
     async def presign(self, key: str) -> str:
         return await self.client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.presign_expiry
@@ -82,7 +88,9 @@ class Storage:
                 if status < 500 and code not in ("SlowDown", "RequestTimeout", "Throttling"):
                     raise
                 error: Any = exc
-            except (BotoCoreError, OSError, asyncio.TimeoutError) as exc:
+            except ParamValidationError as exc:  # refused before sending (e.g. a bad bucket name): not transient
+                raise ValueError(str(exc)) from None
+            except (TimeoutError, BotoCoreError, OSError) as exc:
                 error = exc
             if attempt == self.attempts:
                 msg = f"S3 unavailable after {attempt} attempts ({type(error).__name__}: {error})"

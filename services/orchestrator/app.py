@@ -34,7 +34,7 @@ def create_app(settings: OrchestratorSettings) -> AsgiFastStream:
         while True:
             try:
                 await orchestrator.admit()
-            except Exception:  # noqa: BLE001 - keep trying through a database outage
+            except Exception:
                 log.exception("admission.failed")
             await asyncio.sleep(settings.admission_interval_seconds)
 
@@ -67,4 +67,7 @@ def create_app(settings: OrchestratorSettings) -> AsgiFastStream:
     return AsgiFastStream(
         broker,
         logger=logging.getLogger("opa.faststream"),
-        asgi_routes=[("/health", health)], lifespan=lifespan, asyncapi_path="/asyncapi")
+        asgi_routes=[("/health", health)],
+        lifespan=lifespan,
+        asyncapi_path="/asyncapi",
+    )

@@ -50,6 +50,6 @@ class OutboxRelay:
                     pass
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - the sweeper must outlive a Redis or PostgreSQL outage
+            except Exception:
                 log.exception("outbox.sweep_failed")
             await asyncio.sleep(interval)

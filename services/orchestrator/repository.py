@@ -31,18 +31,27 @@ class ObjectRepository:
 
     async def lock(self, object_id: UUID) -> ProcessingObject | None:
         return await self.session.scalar(
-            select(ProcessingObject).where(ProcessingObject.id == object_id).with_for_update().execution_options(populate_existing=True)
+            select(ProcessingObject)
+            .where(ProcessingObject.id == object_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
         )
 
     async def lock_by_identifier(self, identifier: str) -> ProcessingObject | None:
         return await self.session.scalar(
-            select(ProcessingObject).where(ProcessingObject.identifier == identifier).with_for_update().execution_options(populate_existing=True)
+            select(ProcessingObject)
+            .where(ProcessingObject.identifier == identifier)
+            .with_for_update()
+            .execution_options(populate_existing=True)
         )
 
     async def mark_processed(self, message_id: UUID) -> bool:
         """Record a message as applied. False when it already was (a redelivery or a duplicate)."""
         inserted = await self.session.scalar(
-            insert(ProcessedMessage).values(message_id=message_id).on_conflict_do_nothing().returning(ProcessedMessage.message_id)
+            insert(ProcessedMessage)
+            .values(message_id=message_id)
+            .on_conflict_do_nothing()
+            .returning(ProcessedMessage.message_id)
         )
         return inserted is not None
 
@@ -75,7 +84,7 @@ class ObjectRepository:
 
     async def add_outbox(self, messages: Sequence[OutboxMessage]) -> list[int]:
         self.session.add_all(messages)
-        await self.session.flush(messages)
+        await self.session.flush()
         return [message.id for message in messages]
 
 

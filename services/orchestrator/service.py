@@ -115,7 +115,9 @@ class ObjectService:
             if not obj.cancel_requested:
                 obj.cancel_requested = True
                 self._record_change(uow, obj, "cancel_requested")
-            return self._reply(command, "accepted", obj, "cancellation requested; it takes effect when the running operation ends")
+            return self._reply(
+                command, "accepted", obj, "cancellation requested; it takes effect when the running operation ends"
+            )
         if state in (ObjectState.PENDING, ObjectState.QUEUED):
             self._transition(uow, obj, "cancel")
             obj.finished_at = _now()
@@ -128,7 +130,9 @@ class ObjectService:
         if obj is None:
             return self._reply(command, "not_found", None, "no object with this id")
         if obj.state != ObjectState.FAILED:
-            return self._reply(command, "conflict", obj, f"only failed objects can be retried; this one is '{obj.state}'")
+            return self._reply(
+                command, "conflict", obj, f"only failed objects can be retried; this one is '{obj.state}'"
+            )
         self._transition(uow, obj, "retry", detail=obj.error_message)
         obj.task_id = uuid4()
         obj.attempt += 1
@@ -227,7 +231,13 @@ class ObjectService:
             and not obj.operations_status.get(event.operation, {}).get("completed")
         )
         if not fresh:
-            log.info("result.stale", object_id=str(obj.id), operation=event.operation, state=obj.state, message=type(event).__name__)
+            log.info(
+                "result.stale",
+                object_id=str(obj.id),
+                operation=event.operation,
+                state=obj.state,
+                message=type(event).__name__,
+            )
             return None
         return obj
 
@@ -274,9 +284,13 @@ class ObjectService:
         self._audit(uow, obj, before, event, detail)
 
     @staticmethod
-    def _audit(uow: UnitOfWork, obj: ProcessingObject, before: str | None, event: str, detail: str | None = None) -> None:
+    def _audit(
+        uow: UnitOfWork, obj: ProcessingObject, before: str | None, event: str, detail: str | None = None
+    ) -> None:
         uow.objects.add_transition(
-            ObjectTransition(object_id=obj.id, from_state=before, to_state=obj.state, event=event, task_id=obj.task_id, detail=detail)
+            ObjectTransition(
+                object_id=obj.id, from_state=before, to_state=obj.state, event=event, task_id=obj.task_id, detail=detail
+            )
         )
 
     @staticmethod
@@ -287,7 +301,9 @@ class ObjectService:
         uow.objects.add_event(
             ObjectEvent(object_id=obj.id, seq=obj.event_seq, change=change, document=document.model_dump(mode="json"))
         )
-        uow.emit(OBJECT_EVENTS, ObjectProgressedV1(object_id=obj.id, seq=obj.event_seq, change=change, document=document))
+        uow.emit(
+            OBJECT_EVENTS, ObjectProgressedV1(object_id=obj.id, seq=obj.event_seq, change=change, document=document)
+        )
 
     @staticmethod
     def _reply(
@@ -305,4 +321,3 @@ class ObjectService:
             task_id=obj.task_id if obj else None,
             detail=detail,
         )
-

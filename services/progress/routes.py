@@ -18,7 +18,7 @@ def _parse_last_event_id(value: str | None) -> int | None:
 
 @router.get("/progress/{id}/stream", response_class=Response)
 async def progress_stream(
-    id: Annotated[UUID, Path()],  # noqa: A002 - the API's own name
+    id: Annotated[UUID, Path()],
     request: Request,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> Response:

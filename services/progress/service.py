@@ -5,7 +5,6 @@ from collections.abc import AsyncIterator
 from uuid import UUID
 
 import orjson
-
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sse_starlette import ServerSentEvent
 
@@ -48,7 +47,9 @@ class ProgressStreams:
                 for seq, document in backlog:
                     if seq <= last_sent:
                         continue
-                    yield ServerSentEvent(data=orjson.dumps(document).decode(), id=str(seq), retry=self.retry_ms if first else None)
+                    yield ServerSentEvent(
+                        data=orjson.dumps(document).decode(), id=str(seq), retry=self.retry_ms if first else None
+                    )
                     first = False
                     last_sent = seq
                     if document["state"] in TERMINAL:

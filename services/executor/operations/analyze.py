@@ -2,6 +2,7 @@
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 
 from pydantic import JsonValue
 
@@ -11,16 +12,28 @@ from services.executor.operations._fields import field_values, json_type
 from services.executor.operations.base import OperationContext, OperationOutcome
 
 
-def _numbers(values: list[JsonValue]) -> dict[str, JsonValue] | None:
+def _numbers(values: Sequence[JsonValue]) -> dict[str, JsonValue] | None:
     nums = [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
     if not nums:
         return None
-    mean = math.fsum(nums) / len(nums)
-    variance = math.fsum((n - mean) ** 2 for n in nums) / len(nums)
-    return {"count": len(nums), "min": min(nums), "max": max(nums), "mean": mean, "stddev": math.sqrt(variance), "sum": math.fsum(nums)}
+    # Computed on the values divided by a power of two near the largest magnitude: only exponents change, so the
+    # results are the same, but squares and sums of values near the float limit cannot overflow.
+    scale = math.ldexp(1.0, math.frexp(max(abs(n) for n in nums))[1] - 1)
+    scaled = [n / scale for n in nums]
+    mean = math.fsum(scaled) / len(nums)
+    variance = math.fsum((n - mean) ** 2 for n in scaled) / len(nums)
+    total = math.fsum(scaled) * scale
+    return {
+        "count": len(nums),
+        "min": min(nums),
+        "max": max(nums),
+        "mean": mean * scale,
+        "stddev": math.sqrt(variance) * scale,
+        "sum": total if math.isfinite(total) else None,
+    }
 
 
-def _strings(values: list[JsonValue], top: int) -> dict[str, JsonValue] | None:
+def _strings(values: Sequence[JsonValue], top: int) -> dict[str, JsonValue] | None:
     strings = [v for v in values if isinstance(v, str)]
     if not strings:
         return None
@@ -33,7 +46,8 @@ def _strings(values: list[JsonValue], top: int) -> dict[str, JsonValue] | None:
 
 
 def _hashable(value: JsonValue) -> object:
-    return value if not isinstance(value, dict | list) else repr(value)
+    # Tagged with bool-ness: in a Python set True == 1 and False == 0, yet they are distinct JSON values.
+    return (isinstance(value, bool), value) if not isinstance(value, dict | list) else repr(value)
 
 
 async def run(data: Dataset, ctx: OperationContext[AnalyzeOptions]) -> OperationOutcome:

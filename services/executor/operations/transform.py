@@ -55,7 +55,7 @@ def _cast(value: JsonValue, kind: str, field: str, index: int) -> JsonValue:
                 raise ValueError(value)
             return bool(value)
         return value if isinstance(value, str) else str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int() of a number string beyond the float range
         msg = f"record {index}: cannot cast field '{field}' value {value!r} to {kind}"
         raise OperationFailedError(msg) from None
 

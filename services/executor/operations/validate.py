@@ -27,7 +27,9 @@ async def run(data: Dataset, ctx: OperationContext[ValidateOptions]) -> Operatio
         record_errors: list[dict[str, JsonValue]] = []
         if options.required:
             if not isinstance(record, dict):
-                record_errors.append({"path": path, "message": "is not an object, so it has none of the required fields"})
+                record_errors.append(
+                    {"path": path, "message": "is not an object, so it has none of the required fields"}
+                )
             else:
                 record_errors.extend(
                     {"path": f"{path}.{name}", "message": "required field is missing or null"}
@@ -36,7 +38,10 @@ async def run(data: Dataset, ctx: OperationContext[ValidateOptions]) -> Operatio
                 )
         if validator is not None:
             record_errors.extend(
-                {"path": path + "".join(f"[{p!r}]" if isinstance(p, str) else f"[{p}]" for p in error.absolute_path), "message": error.message}
+                {
+                    "path": path + "".join(f"[{p!r}]" if isinstance(p, str) else f"[{p}]" for p in error.absolute_path),
+                    "message": error.message,
+                }
                 for error in islice(validator.iter_errors(record), MAX_REPORTED_ERRORS)
             )
         if record_errors:
@@ -55,7 +60,7 @@ async def run(data: Dataset, ctx: OperationContext[ValidateOptions]) -> Operatio
             "min_records": options.min_records,
             "max_records": options.max_records,
         },
-        "errors": errors,
+        "errors": [*errors],
         "errors_truncated": len(errors) >= MAX_REPORTED_ERRORS,
     }
     if errors:

@@ -1,0 +1,39 @@
+from collections.abc import AsyncIterator
+
+import pytest
+from botocore.exceptions import ClientError
+from types_aiobotocore_s3 import S3Client
+
+from libs.common.s3 import s3_client
+from libs.common.settings import S3Settings
+from services.executor.service import OperationRunner
+from services.executor.storage import Storage
+
+EXECUTOR_ID = "executor-it"
+MAX_INPUT_BYTES = 64 * 1024
+
+
+@pytest.fixture(scope="session")
+def s3_settings(s3_endpoint: str, bucket: str) -> S3Settings:
+    return S3Settings(s3_endpoint_url=s3_endpoint, s3_bucket=bucket)
+
+
+@pytest.fixture(scope="session")
+async def s3(s3_settings: S3Settings) -> AsyncIterator[S3Client]:
+    """A client of the test S3 endpoint, with the session's bucket created."""
+    async with s3_client(s3_settings) as client:
+        try:
+            await client.head_bucket(Bucket=s3_settings.s3_bucket)
+        except ClientError:
+            await client.create_bucket(Bucket=s3_settings.s3_bucket)
+        yield client
+
+
+@pytest.fixture
+def storage(s3: S3Client, bucket: str) -> Storage:
+    return Storage(s3, bucket, attempts=2, backoff_seconds=0.01, presign_expiry=600)
+
+
+@pytest.fixture
+def runner(storage: Storage) -> OperationRunner:
+    return OperationRunner(storage, executor_id=EXECUTOR_ID, max_input_bytes=MAX_INPUT_BYTES)
