@@ -1,6 +1,9 @@
 """The vocabulary of the product: object states and operation names."""
 
 from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field
 
 
 class ObjectState(StrEnum):
@@ -26,6 +29,10 @@ class Operation(StrEnum):
     ENRICH = "enrich"
     ANALYZE = "analyze"
     EXPORT = "export"
+
+
+OperationName = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_]*$")]
+"""An operation's name on the wire: a built-in `Operation`, or a plugin's name (see libs/common/registry.py)."""
 
 
 IDENTIFIER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$"

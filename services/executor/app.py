@@ -36,7 +36,7 @@ def create_app(settings: ExecutorSettings) -> AsgiFastStream:
                 settings.storage_backoff_seconds,
                 settings.s3_presign_expiry_seconds,
             )
-            runner_holder.append(OperationRunner(storage, settings.instance_id, settings.max_input_bytes))
+            runner_holder.append(OperationRunner(storage, settings.instance_id, settings.max_document_bytes))
             yield
 
     @get(include_in_schema=False)

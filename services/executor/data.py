@@ -1,8 +1,7 @@
-"""An object's data as the operations see it: a list of records, or one JSON document."""
+"""Data formats: detection, and streaming encoders that write records batch by batch."""
 
 import csv
 import io
-from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
 import orjson
@@ -16,101 +15,95 @@ CONTENT_TYPES: dict[DataFormat, str] = {
     "csv": "text/csv",
 }
 
+EXTENSIONS: tuple[tuple[str, DataFormat], ...] = (
+    (".ndjson", "ndjson"),
+    (".jsonl", "ndjson"),
+    (".csv", "csv"),
+    (".json", "json"),
+)
+
 
 class DataError(ValueError):
     """The data cannot be read as the format it claims to be."""
 
 
-@dataclass(frozen=True, slots=True)
-class Dataset:
-    records: list[JsonValue]
-    is_document: bool = False
-    """A single JSON document (an object or a scalar), held as one record."""
-
-    @classmethod
-    def of(cls, value: JsonValue) -> "Dataset":
-        if isinstance(value, list):
-            return cls(records=value)
-        return cls(records=[value], is_document=True)
-
-    def value(self) -> JsonValue:
-        return self.records[0] if self.is_document else self.records
-
-    def field_names(self) -> list[str]:
-        seen: dict[str, None] = {}
-        for record in self.records:
-            if isinstance(record, dict):
-                seen.update(dict.fromkeys(record))
-        return list(seen)
-
-
 def detect_format(explicit: str | None, key: str, content_type: str | None = None) -> DataFormat:
+    """An explicit format wins, then the key's extension, then the content type; JSON when nothing tells."""
     for fmt in CONTENT_TYPES:
         if explicit == fmt:
             return fmt
     lowered = key.lower()
-    for suffix, fmt in ((".ndjson", "ndjson"), (".jsonl", "ndjson"), (".csv", "csv"), (".json", "json")):
+    for suffix, fmt in EXTENSIONS:
         if lowered.endswith(suffix):
             return fmt
     if content_type:
+        media_type = content_type.split(";")[0].strip()
         for fmt, known in CONTENT_TYPES.items():
-            if content_type.split(";")[0].strip() == known:
+            if media_type == known:
                 return fmt
     return "json"
 
 
-def parse(raw: bytes, fmt: DataFormat) -> Dataset:
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        msg = f"data is not UTF-8 text (byte {exc.start})"
-        raise DataError(msg) from None
-    if fmt == "csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        rows: list[JsonValue] = []
-        try:
-            for row in reader:
-                if None in row:  # DictReader puts surplus cells under the key None, which JSON cannot hold
-                    msg = f"CSV line {reader.line_num} has more cells than the header"
-                    raise DataError(msg)
-                rows.append(row)
-        except csv.Error as exc:
-            msg = f"CSV line {reader.line_num} cannot be read: {exc}"
-            raise DataError(msg) from None
-        return Dataset(records=rows)
-    if fmt == "ndjson":
-        records: list[JsonValue] = []
-        # split("\n"), not splitlines(): JSON strings may hold U+2028, U+0085 and other characters splitlines() cuts at.
-        for number, line in enumerate(text.split("\n"), start=1):
-            if line.strip():
-                try:
-                    records.append(orjson.loads(line))
-                except orjson.JSONDecodeError as exc:
-                    msg = f"line {number} is not valid JSON: {exc}"
-                    raise DataError(msg) from None
-        return Dataset(records=records)
-    try:
-        return Dataset.of(orjson.loads(text))
-    except orjson.JSONDecodeError as exc:
-        msg = f"data is not valid JSON: {exc}"
-        raise DataError(msg) from None
+def field_names(records: list[JsonValue]) -> list[str]:
+    seen: dict[str, None] = {}
+    for record in records:
+        if isinstance(record, dict):
+            seen.update(dict.fromkeys(record))
+    return list(seen)
 
 
-def serialize(dataset: Dataset, fmt: DataFormat) -> bytes:
-    if fmt == "json":
-        return orjson.dumps(dataset.value())
-    if fmt == "ndjson":
-        return b"".join(orjson.dumps(record) + b"\n" for record in dataset.records)
-    buffer = io.StringIO(newline="")
-    fields = dataset.field_names()
-    if "value" not in fields and any(not isinstance(record, dict) for record in dataset.records):
-        fields.append("value")  # the column non-object records are written to, below
-    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
-    writer.writeheader()
-    for record in dataset.records:
-        row = record if isinstance(record, dict) else {"value": record}
-        writer.writerow({k: _csv_cell(v) for k, v in row.items()})
-    return buffer.getvalue().encode()
+class RecordEncoder:
+    """Encodes batches of records into one output, in order, without holding more than a batch.
+
+    JSON output is an array (or, for a single-document input, that document). CSV columns are the fields
+    of the first batch (plus `value` for records that are not objects); fields first seen later are not
+    written, and are listed in `dropped_fields`.
+    """
+
+    def __init__(self, fmt: DataFormat, document: bool = False) -> None:
+        self.format = fmt
+        self.document = document
+        self.records = 0
+        self.dropped_fields: set[str] = set()
+        self._header: list[str] | None = None
+
+    def encode(self, batch: list[JsonValue]) -> bytes:
+        if not batch:
+            return b""
+        first = self.records == 0
+        self.records += len(batch)
+        if self.format == "ndjson":
+            return b"".join(orjson.dumps(record) + b"\n" for record in batch)
+        if self.format == "json":
+            if self.document:
+                return orjson.dumps(batch[0])
+            items = b",".join(orjson.dumps(record) for record in batch)
+            return (b"[" if first else b",") + items
+        return self._csv(batch)
+
+    def finish(self) -> bytes:
+        if self.format == "json" and not self.document:
+            return b"]" if self.records else b"[]"
+        if self.format == "csv" and self._header is None:
+            return b"\r\n"  # an empty CSV: a header with no columns
+        return b""
+
+    def _csv(self, batch: list[JsonValue]) -> bytes:
+        buffer = io.StringIO(newline="")
+        if self._header is None:
+            self._header = field_names(batch)
+            if "value" not in self._header and any(not isinstance(record, dict) for record in batch):
+                self._header.append("value")
+            csv.writer(buffer).writerow(self._header)
+        known = set(self._header)
+        writer = csv.DictWriter(buffer, fieldnames=self._header, extrasaction="ignore")
+        for record in batch:
+            row = record if isinstance(record, dict) else {"value": record}
+            extra = row.keys() - known
+            if extra:
+                self.dropped_fields.update(extra)
+            writer.writerow({k: _csv_cell(v) for k, v in row.items()})
+        return buffer.getvalue().encode()
 
 
 def _csv_cell(value: JsonValue) -> str | int | float:

@@ -1,7 +1,8 @@
-"""Runs one operation of one object: load its data, compute, store the artifact, report the result."""
+"""Runs one operation of one object: stream its data, compute, store the artifact, report the result."""
 
-import hashlib
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,9 +12,10 @@ from pydantic import JsonValue, ValidationError
 
 from libs.common.domain import artifact_key
 from libs.common.events import OperationCompletedV1, OperationFailedV1, OperationStartedV1, RunOperationV1
-from services.executor.data import CONTENT_TYPES, DataError, DataFormat, Dataset, detect_format, parse, serialize
-from services.executor.operations import REGISTRY
-from services.executor.operations.base import OperationContext, OperationFailedError, OperationOutcome
+from services.executor.data import DataError, detect_format
+from services.executor.operations import registry
+from services.executor.operations.base import OperationContext, OperationFailedError
+from services.executor.records import BATCH_BYTES, RecordStream, chunks_of
 from services.executor.storage import ObjectMissingError, Storage, StorageUnavailableError
 
 log = structlog.get_logger()
@@ -23,10 +25,10 @@ Result = OperationCompletedV1 | OperationFailedV1
 
 
 class OperationRunner:
-    def __init__(self, storage: Storage, executor_id: str, max_input_bytes: int) -> None:
+    def __init__(self, storage: Storage, executor_id: str, max_document_bytes: int) -> None:
         self.storage = storage
         self.executor_id = executor_id
-        self.max_input_bytes = max_input_bytes
+        self.max_document_bytes = max_document_bytes
 
     def started(self, command: RunOperationV1) -> OperationStartedV1:
         return OperationStartedV1(**self._ids(command), executor_id=self.executor_id)
@@ -36,63 +38,52 @@ class OperationRunner:
         key = artifact_key(command.identifier, command.operation)
         started_at = datetime.now(UTC)
         clock = time.perf_counter()
+        records: RecordStream | None = None
         try:
             # Inside the try: S3 being unavailable here must fail the operation like anywhere else, not escape.
             previous = await self._previous_success(command, key)
             if previous is not None:
                 log.info("operation.already_done", operation=command.operation)
                 return previous
-            data, raw, fmt = await self._load(command)
-            spec = REGISTRY[command.operation]
+            spec = registry().get(command.operation)
+            if spec is None:
+                raise OperationFailedError(f"no operation named {command.operation!r} is installed on this executor")
             try:
                 options = spec.options_model.model_validate(command.options)
             except ValidationError as exc:
-                msg = f"invalid options: {exc.errors()[0]['msg']}"
-                raise OperationFailedError(msg) from None
-            context = OperationContext(
-                identifier=command.identifier,
-                options=options,
-                storage=self.storage,
-                input_sha256=hashlib.sha256(raw).hexdigest(),
-                input_bytes=len(raw),
-                input_format=fmt,
-            )
-            outcome = await spec.run(data, context)
-            output_url = await self._store_output(command, outcome)
+                raise OperationFailedError(f"invalid options: {exc.errors()[0]['msg']}") from None
+            context = OperationContext(identifier=command.identifier, options=options, storage=self.storage)
+            async with self._open(command) as records:
+                outcome = await spec.run(records, context)
             duration_ms = (time.perf_counter() - clock) * 1000
             artifact = self._artifact(
-                command, context, started_at, duration_ms, "succeeded", outcome.result, output_url
+                command, records, started_at, duration_ms, "succeeded", outcome.result, outcome.output_url
             )
             s3_url = await self.storage.put(key, artifact, "application/json", {"object-id": str(command.object_id)})
         except OperationFailedError as exc:
-            return await self._failed(command, key, str(exc), exc.report, started_at, clock)
+            return await self._failed(command, key, records, str(exc), exc.report, started_at, clock)
         except (DataError, ObjectMissingError, StorageUnavailableError, ValueError) as exc:
-            return await self._failed(command, key, _describe(exc, command), None, started_at, clock)
+            return await self._failed(command, key, records, _describe(exc, command), None, started_at, clock)
         return OperationCompletedV1(
             **self._ids(command),
             executor_id=self.executor_id,
             s3_url=s3_url,
-            output_url=output_url,
-            output_format="json" if output_url else None,
+            output_url=outcome.output_url,
+            output_format=outcome.output_format,  # type: ignore[arg-type]
             duration_ms=duration_ms,
         )
 
-    async def _load(self, command: RunOperationV1) -> tuple[Dataset, bytes, DataFormat]:
+    @asynccontextmanager
+    async def _open(self, command: RunOperationV1) -> AsyncIterator[RecordStream]:
         if command.data_url:
-            raw, content_type = await self.storage.get(command.data_url, self.max_input_bytes)
-            fmt = detect_format(command.data_format, command.data_url, content_type)
-            return parse(raw, fmt), raw, fmt
+            async with self.storage.open(command.data_url, BATCH_BYTES) as (chunks, content_type):
+                fmt = detect_format(command.data_format, command.data_url, content_type)
+                yield RecordStream(chunks, fmt, self.max_document_bytes)
+            return
         value: JsonValue = command.payload
         if value is None:
             value = {"identifier": command.identifier, "metadata": command.metadata}
-        raw = orjson.dumps(value)
-        return Dataset.of(value), raw, "json"
-
-    async def _store_output(self, command: RunOperationV1, outcome: OperationOutcome) -> str | None:
-        if outcome.output is None:
-            return None
-        key = f"{command.identifier}/{command.operation}_output.json"
-        return await self.storage.put(key, serialize(outcome.output, "json"), CONTENT_TYPES["json"])
+        yield RecordStream(chunks_of(orjson.dumps(value)), "json", self.max_document_bytes)
 
     async def _previous_success(self, command: RunOperationV1, key: str) -> OperationCompletedV1 | None:
         """A redelivered command whose artifact is already stored is reported again, not recomputed."""
@@ -110,7 +101,7 @@ class OperationRunner:
             executor_id=self.executor_id,
             s3_url=self.storage.url(key),
             output_url=artifact.get("output_url"),
-            output_format="json" if artifact.get("output_url") else None,
+            output_format=artifact.get("output_format"),
             duration_ms=float(artifact.get("duration_ms", 0.0)),
         )
 
@@ -118,6 +109,7 @@ class OperationRunner:
         self,
         command: RunOperationV1,
         key: str,
+        records: RecordStream | None,
         error: str,
         report: dict[str, JsonValue] | None,
         started_at: datetime,
@@ -125,10 +117,10 @@ class OperationRunner:
     ) -> OperationFailedV1:
         if report is not None:
             duration_ms = (time.perf_counter() - clock) * 1000
-            body = self._artifact(command, None, started_at, duration_ms, "failed", report, None, error)
+            body = self._artifact(command, records, started_at, duration_ms, "failed", report, None, error)
             try:
                 await self.storage.put(key, body, "application/json", {"object-id": str(command.object_id)})
-            except StorageUnavailableError:
+            except (StorageUnavailableError, ValueError):
                 log.warning("operation.report_not_stored", operation=command.operation)
         log.info("operation.failed", operation=command.operation, error=error)
         return OperationFailedV1(**self._ids(command), executor_id=self.executor_id, error=error)
@@ -136,7 +128,7 @@ class OperationRunner:
     def _artifact(
         self,
         command: RunOperationV1,
-        context: OperationContext[Any] | None,
+        records: RecordStream | None,
         started_at: datetime,
         duration_ms: float,
         status: str,
@@ -144,6 +136,7 @@ class OperationRunner:
         output_url: str | None,
         error: str | None = None,
     ) -> bytes:
+        stats = records.stats if records else None
         return orjson.dumps(
             {
                 "schema_version": ARTIFACT_SCHEMA_VERSION,
@@ -157,11 +150,13 @@ class OperationRunner:
                 "input": {
                     "url": command.data_url,
                     "kind": "s3" if command.data_url else ("payload" if command.payload is not None else "record"),
-                    "format": context.input_format if context else None,
-                    "size_bytes": context.input_bytes if context else None,
-                    "sha256": context.input_sha256 if context else None,
+                    "format": records.format if records else None,
+                    "size_bytes": stats.size_bytes if stats else None,
+                    "sha256": stats.sha256 or None if stats else None,
+                    "record_count": stats.record_count if stats else None,
                 },
                 "output_url": output_url,
+                "output_format": _output_format(output_url),
                 "executor_id": self.executor_id,
                 "started_at": started_at.isoformat(),
                 "finished_at": datetime.now(UTC).isoformat(),
@@ -178,6 +173,12 @@ class OperationRunner:
             "operation": command.operation,
             "index": command.index,
         }
+
+
+def _output_format(url: str | None) -> str | None:
+    if url is None:
+        return None
+    return detect_format(None, url)
 
 
 def _describe(exc: Exception, command: RunOperationV1) -> str:

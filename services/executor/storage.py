@@ -1,13 +1,17 @@
 """S3 access for operations. botocore types and error codes stay in this module."""
 
 import asyncio
+import hashlib
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from types import TracebackType
 from typing import Any, TypeVar
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 from types_aiobotocore_s3 import S3Client
+from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
 from libs.common.s3 import parse_s3_url
 
@@ -23,6 +27,10 @@ class ObjectMissingError(LookupError):
 
 class StorageUnavailableError(RuntimeError):
     """S3 kept failing transiently through every attempt."""
+
+
+class StorageRefusedError(ValueError):
+    """S3 refused the request for good (access denied, invalid request): retrying cannot help."""
 
 
 class Storage:
@@ -50,6 +58,28 @@ class Storage:
                 return await body.read(), response.get("ContentType")
 
         return await self._retrying(call, url)
+
+    @asynccontextmanager
+    async def open(self, url: str, chunk_size: int) -> AsyncIterator[tuple[AsyncIterator[bytes], str | None]]:
+        """The object's bytes as chunks, read as they are consumed, and its content type."""
+        bucket, key = parse_s3_url(url)
+        response = await self._retrying(lambda: self.client.get_object(Bucket=bucket, Key=key), url)
+        body = response["Body"]
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in body.iter_chunks(chunk_size):
+                    yield chunk
+            except (BotoCoreError, OSError, TimeoutError) as exc:
+                raise StorageUnavailableError(f"reading {url} failed midway: {exc}") from exc
+
+        try:
+            yield chunks(), response.get("ContentType")
+        finally:
+            body.close()
+
+    def upload(self, key: str, content_type: str, metadata: dict[str, str] | None = None) -> "Upload":
+        return Upload(self, key, content_type, metadata or {})
 
     async def get_json_if_exists(self, key: str) -> bytes | None:
         try:
@@ -86,7 +116,7 @@ class Storage:
                 if code in _MISSING_CODES:
                     raise ObjectMissingError(what) from None
                 if status < 500 and code not in ("SlowDown", "RequestTimeout", "Throttling"):
-                    raise
+                    raise StorageRefusedError(f"S3 refused {what}: {code or status}") from None
                 error: Any = exc
             except ParamValidationError as exc:  # refused before sending (e.g. a bad bucket name): not transient
                 raise ValueError(str(exc)) from None
@@ -99,3 +129,86 @@ class Storage:
             log.warning("storage.retry", target=what, attempt=attempt, delay=round(delay, 3), error=str(error)[:200])
             await asyncio.sleep(delay)
         raise AssertionError  # unreachable: the loop returns or raises
+
+
+PART_SIZE = 8 * 1024 * 1024
+"""Multipart part size: above S3's 5 MiB minimum, and the most an upload holds in memory."""
+
+
+class Upload:
+    """Writes an object of any size in bounded memory: one PUT when it is small, a multipart upload otherwise.
+
+    Use as `async with storage.upload(...) as upload: await upload.write(...)`; leaving the block with an
+    exception aborts the multipart upload, so no partial object is ever visible.
+    """
+
+    def __init__(self, storage: Storage, key: str, content_type: str, metadata: dict[str, str]) -> None:
+        self.storage = storage
+        self.key = key
+        self.content_type = content_type
+        self.metadata = metadata
+        self.size = 0
+        self._sha256 = hashlib.sha256()
+        self._buffer = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[CompletedPartTypeDef] = []
+
+    @property
+    def url(self) -> str:
+        return self.storage.url(self.key)
+
+    @property
+    def sha256(self) -> str:
+        return self._sha256.hexdigest()
+
+    async def __aenter__(self) -> "Upload":
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            await self._finish()
+        elif self._upload_id is not None:
+            await self.storage.client.abort_multipart_upload(
+                Bucket=self.storage.bucket, Key=self.key, UploadId=self._upload_id
+            )
+
+    async def write(self, data: bytes) -> None:
+        self.size += len(data)
+        self._sha256.update(data)
+        self._buffer += data
+        if len(self._buffer) >= PART_SIZE:
+            await self._upload_part()
+
+    async def _upload_part(self) -> None:
+        client, bucket = self.storage.client, self.storage.bucket
+        if self._upload_id is None:
+            created = await self.storage._retrying(
+                lambda: client.create_multipart_upload(
+                    Bucket=bucket, Key=self.key, ContentType=self.content_type, Metadata=self.metadata
+                ),
+                self.key,
+            )
+            self._upload_id = created["UploadId"]
+        body, number, upload_id = bytes(self._buffer), len(self._parts) + 1, self._upload_id
+        part = await self.storage._retrying(
+            lambda: client.upload_part(Bucket=bucket, Key=self.key, UploadId=upload_id, PartNumber=number, Body=body),
+            self.key,
+        )
+        self._parts.append({"PartNumber": number, "ETag": part["ETag"]})
+        self._buffer.clear()
+
+    async def _finish(self) -> None:
+        if self._upload_id is None:
+            await self.storage.put(self.key, bytes(self._buffer), self.content_type, self.metadata)
+            return
+        if self._buffer:
+            await self._upload_part()
+        upload_id, parts = self._upload_id, self._parts
+        await self.storage._retrying(
+            lambda: self.storage.client.complete_multipart_upload(
+                Bucket=self.storage.bucket, Key=self.key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            ),
+            self.key,
+        )

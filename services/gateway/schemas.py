@@ -15,9 +15,9 @@ from pydantic import (
     model_validator,
 )
 
-from libs.common.domain import IDENTIFIER_PATTERN, ObjectState, Operation, check_identifier
-from libs.common.options import OPTIONS_MODELS
+from libs.common.domain import IDENTIFIER_PATTERN, ObjectState, OperationName, check_identifier
 from libs.common.progress import OperationStatus
+from libs.common.registry import operation_options
 from libs.common.s3 import parse_s3_url
 
 Identifier = Annotated[
@@ -38,10 +38,11 @@ class ProcessRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     identifier: Identifier
-    operations: list[Operation] = Field(
+    operations: list[OperationName] = Field(
         min_length=1,
-        max_length=len(Operation),
-        description="Run in this order; each at most once.",
+        max_length=32,
+        description="Run in this order; each at most once. Built in: validate, transform, enrich, analyze, export "
+        "(plus any operation an installed plugin registers).",
         examples=[["validate", "transform", "analyze"]],
     )
     payload: JsonValue = Field(
@@ -55,15 +56,20 @@ class ProcessRequest(BaseModel):
     format: Literal["json", "ndjson", "csv"] | None = Field(
         default=None, description="Format of `source`; from its extension or content type when omitted."
     )
-    options: dict[Operation, dict[str, JsonValue]] = Field(
+    options: dict[str, dict[str, JsonValue]] = Field(
         default_factory=dict, description="Per-operation options, keyed by operation name."
     )
     metadata: dict[str, JsonValue] = Field(default_factory=dict, description="Caller's metadata, kept with the object.")
 
     @field_validator("operations")
     @classmethod
-    def _unique(cls, value: list[Operation]) -> list[Operation]:
-        duplicates = sorted({op.value for op in value if value.count(op) > 1})
+    def _known_and_unique(cls, value: list[str]) -> list[str]:
+        available = operation_options()
+        unknown = [op for op in value if op not in available]
+        if unknown:
+            msg = f"unknown operation {', '.join(repr(op) for op in unknown)}; available: {', '.join(available)}"
+            raise ValueError(msg)
+        duplicates = sorted({op for op in value if value.count(op) > 1})
         if duplicates:
             msg = f"each operation may appear once; repeated: {', '.join(duplicates)}"
             raise ValueError(msg)
@@ -84,16 +90,17 @@ class ProcessRequest(BaseModel):
         if self.format is not None and self.source is None:
             msg = "`format` describes `source`; it has no meaning without one"
             raise ValueError(msg)
+        models = operation_options()
         for op, options in self.options.items():
             if op not in self.operations:
-                msg = f"options given for '{op.value}', which is not in `operations`"
+                msg = f"options given for '{op}', which is not in `operations`"
                 raise ValueError(msg)
             try:
-                OPTIONS_MODELS[op].model_validate(options)
+                models[op].model_validate(options)
             except ValidationError as exc:
                 first = exc.errors()[0]
                 where = ".".join(str(p) for p in first["loc"])
-                msg = f"invalid options for '{op.value}'{f' at {where}' if where else ''}: {first['msg']}"
+                msg = f"invalid options for '{op}'{f' at {where}' if where else ''}: {first['msg']}"
                 raise ValueError(msg) from None
         return self
 

@@ -63,7 +63,7 @@ class GatewayService:
             payload=request.payload,
             source=request.source,
             data_format=request.format,
-            options={op.value: options for op, options in request.options.items()},
+            options=request.options,
             metadata=request.metadata,
         )
         reply = await self.commands.send(command)

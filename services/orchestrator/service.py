@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from statemachine.exceptions import TransitionNotAllowed
 
 from libs.common.db.models import ObjectEvent, ObjectTransition, OutboxMessage, ProcessingObject
-from libs.common.domain import ObjectState, Operation
+from libs.common.domain import ObjectState
 from libs.common.events import (
     CancelObjectV1,
     CommandReplyV1,
@@ -75,7 +75,7 @@ class ObjectService:
                 "id": command.object_id,
                 "identifier": command.identifier,
                 "state": ObjectState.PENDING.value,
-                "operations": [op.value for op in command.operations],
+                "operations": list(command.operations),
                 "payload": command.payload,
                 "source": command.source,
                 "data_format": command.data_format,
@@ -254,7 +254,7 @@ class ObjectService:
             RunOperationV1(
                 object_id=obj.id,
                 task_id=obj.task_id,
-                operation=Operation(operation),
+                operation=operation,
                 index=obj.operations.index(operation),
                 total=len(obj.operations),
                 identifier=obj.identifier,

@@ -5,7 +5,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from libs.common.domain import ObjectState, Operation
+from libs.common.domain import ObjectState, OperationName
 from libs.common.events.base import Message
 from libs.common.events.data import JsonObject
 from libs.common.progress import ProgressDocument
@@ -25,7 +25,7 @@ class SubmitObjectV1(ObjectCommand):
 
     type: Literal["object.submit.v1"] = "object.submit.v1"
     identifier: str
-    operations: list[Operation]
+    operations: list[OperationName]
     payload: JsonValue = None
     source: str | None = None
     data_format: Literal["json", "ndjson", "csv"] | None = None

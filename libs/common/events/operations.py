@@ -5,7 +5,7 @@ from uuid import UUID
 
 from pydantic import Field, JsonValue
 
-from libs.common.domain import Operation
+from libs.common.domain import OperationName
 from libs.common.events.base import Message
 from libs.common.events.data import JsonObject
 
@@ -13,7 +13,7 @@ from libs.common.events.data import JsonObject
 class OperationMessage(Message):
     task_id: UUID
     """The run of the object this operation belongs to; a retry starts a new run, so stale results are told apart."""
-    operation: Operation
+    operation: OperationName
     index: int = Field(ge=0)
     """Position of the operation in the object's list, from 0."""
 

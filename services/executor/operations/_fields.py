@@ -19,5 +19,29 @@ def json_type(value: JsonValue) -> str:
     return "object"
 
 
-def field_values(records: list[JsonValue], name: str) -> list[JsonValue]:
-    return [record.get(name) for record in records if isinstance(record, dict)]
+TYPE_NAMES: dict[type, str] = {
+    type(None): "null",
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    str: "string",
+    list: "array",
+    dict: "object",
+}
+"""JSON type names by the Python type a parsed JSON value has."""
+
+
+def columns(batch: list[JsonValue], wanted: set[str] | None = None) -> dict[str, list[JsonValue]]:
+    """The batch's object records as one list of values per field (records lacking a field add nothing)."""
+    columns: dict[str, list[JsonValue]] = {}
+    for record in batch:
+        if isinstance(record, dict):
+            for name, value in record.items():
+                if wanted is not None and name not in wanted:
+                    continue
+                column = columns.get(name)
+                if column is None:
+                    columns[name] = [value]
+                else:
+                    column.append(value)
+    return columns

@@ -1,48 +1,130 @@
-"""analyze: per-field statistics: counts, nulls, distinct values, numeric moments, top strings, lengths."""
+"""analyze: per-field statistics in one pass and bounded memory.
+
+For every field: count, nulls, types, distinct values (exact up to 10,000, then a HyperLogLog estimate with
+about 0.8 % standard error, flagged `distinct_exact: false`), numeric count/min/max/mean/stddev/sum (merged
+batch by batch with Chan's formula, so no value is kept), and for strings the top values (exact until 10,000
+different values, then the most frequent 5,000 are kept and counts are lower bounds, flagged
+`top_exact: false`) and length figures.
+"""
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from pydantic import JsonValue
 
 from libs.common.options import AnalyzeOptions
-from services.executor.data import Dataset
-from services.executor.operations._fields import field_values, json_type
+from services.executor.operations._fields import TYPE_NAMES, columns
+from services.executor.operations._sketch import DistinctCounter
 from services.executor.operations.base import OperationContext, OperationOutcome
+from services.executor.records import RecordStream
+
+TOP_LIMIT = 10_000
+TOP_KEEP = 5_000
 
 
-def _numbers(values: Sequence[JsonValue]) -> dict[str, JsonValue] | None:
-    nums = [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
-    if not nums:
-        return None
-    # Computed on the values divided by a power of two near the largest magnitude: only exponents change, so the
-    # results are the same, but squares and sums of values near the float limit cannot overflow.
-    scale = math.ldexp(1.0, math.frexp(max(abs(n) for n in nums))[1] - 1)
-    scaled = [n / scale for n in nums]
-    mean = math.fsum(scaled) / len(nums)
-    variance = math.fsum((n - mean) ** 2 for n in scaled) / len(nums)
-    total = math.fsum(scaled) * scale
-    return {
-        "count": len(nums),
-        "min": min(nums),
-        "max": max(nums),
-        "mean": mean * scale,
-        "stddev": math.sqrt(variance) * scale,
-        "sum": total if math.isfinite(total) else None,
-    }
+@dataclass
+class _Numbers:
+    count: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+    minimum: float = math.inf
+    maximum: float = -math.inf
+    partial_sums: list[float] = field(default_factory=list)
+
+    def add(self, values: list[int | float]) -> None:
+        n = len(values)
+        batch_sum = math.fsum(values)
+        batch_mean = batch_sum / n
+        if not math.isfinite(batch_mean):  # sums beyond the float range: fall back to a scaled mean
+            batch_mean = math.fsum(v / n for v in values)
+        batch_m2 = math.fsum((v - batch_mean) ** 2 for v in values)
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += batch_m2 + delta * delta * self.count * n / total
+        self.count = total
+        self.minimum = min(self.minimum, min(values))
+        self.maximum = max(self.maximum, max(values))
+        self.partial_sums.append(batch_sum)
+
+    def report(self) -> dict[str, JsonValue] | None:
+        if not self.count:
+            return None
+        total = math.fsum(self.partial_sums)
+        stddev = math.sqrt(self.m2 / self.count) if math.isfinite(self.m2) else None
+        return {
+            "count": self.count,
+            "min": self.minimum,
+            "max": self.maximum,
+            "mean": self.mean if math.isfinite(self.mean) else None,
+            "stddev": stddev,
+            "sum": total if math.isfinite(total) else None,
+        }
 
 
-def _strings(values: Sequence[JsonValue], top: int) -> dict[str, JsonValue] | None:
-    strings = [v for v in values if isinstance(v, str)]
-    if not strings:
-        return None
-    lengths = [len(s) for s in strings]
-    return {
-        "count": len(strings),
-        "top": [{"value": value, "count": count} for value, count in Counter(strings).most_common(top)],
-        "length": {"min": min(lengths), "max": max(lengths), "mean": math.fsum(lengths) / len(lengths)},
-    }
+@dataclass
+class _Strings:
+    count: int = 0
+    length_min: int | None = None
+    length_max: int = 0
+    length_sum: int = 0
+    top: Counter[str] = field(default_factory=Counter)
+    top_exact: bool = True
+
+    def add(self, values: list[str]) -> None:
+        lengths = list(map(len, values))
+        self.count += len(values)
+        self.length_sum += sum(lengths)
+        self.length_max = max(self.length_max, max(lengths))
+        shortest = min(lengths)
+        self.length_min = shortest if self.length_min is None else min(self.length_min, shortest)
+        self.top.update(values)
+        if len(self.top) > TOP_LIMIT:
+            self.top = Counter(dict(self.top.most_common(TOP_KEEP)))
+            self.top_exact = False
+
+    def report(self, top: int) -> dict[str, JsonValue] | None:
+        if not self.count:
+            return None
+        return {
+            "count": self.count,
+            "top": [{"value": value, "count": count} for value, count in self.top.most_common(top)],
+            "top_exact": self.top_exact,
+            "length": {"min": self.length_min, "max": self.length_max, "mean": self.length_sum / self.count},
+        }
+
+
+@dataclass
+class _Field:
+    count: int = 0
+    types: Counter[str] = field(default_factory=Counter)
+    distinct: DistinctCounter = field(default_factory=DistinctCounter)
+    numbers: _Numbers = field(default_factory=_Numbers)
+    strings: _Strings = field(default_factory=_Strings)
+
+    def add(self, values: list[JsonValue]) -> None:
+        present = [v for v in values if v is not None]
+        if not present:
+            return
+        self.count += len(present)
+        # Most columns hold one type: count types at C speed and skip per-value checks when there is only one.
+        kinds = Counter(map(type, present))
+        self.types.update({TYPE_NAMES[kind]: n for kind, n in kinds.items()})
+        if len(kinds) == 1:
+            (kind,) = kinds
+            hashables: list[object] = list(present) if kind in (str, int, float) else [_hashable(v) for v in present]
+            numbers = present if kind in (int, float) else []
+            strings = present if kind is str else []
+        else:
+            hashables = [_hashable(v) for v in present]
+            numbers = [v for v in present if type(v) in (int, float)]
+            strings = [v for v in present if type(v) is str]
+        self.distinct.add_many(hashables)
+        if numbers:
+            self.numbers.add(numbers)  # type: ignore[arg-type]
+        if strings:
+            self.strings.add(strings)  # type: ignore[arg-type]
 
 
 def _hashable(value: JsonValue) -> object:
@@ -50,27 +132,35 @@ def _hashable(value: JsonValue) -> object:
     return (isinstance(value, bool), value) if not isinstance(value, dict | list) else repr(value)
 
 
-async def run(data: Dataset, ctx: OperationContext[AnalyzeOptions]) -> OperationOutcome:
-    names = ctx.options.fields or data.field_names()
-    fields: dict[str, JsonValue] = {}
-    for name in names:
-        values = field_values(data.records, name)
-        present = [v for v in values if v is not None]
-        fields[name] = {
-            "count": len(present),
-            "nulls": len(data.records) - len(present),
-            "distinct": len({_hashable(v) for v in present}),
-            "types": dict(Counter(json_type(v) for v in present)),
-            "numeric": _numbers(present),
-            "string": _strings(present, ctx.options.top),
+async def run(records: RecordStream, ctx: OperationContext[AnalyzeOptions]) -> OperationOutcome:
+    wanted = set(ctx.options.fields) if ctx.options.fields else None
+    fields: dict[str, _Field] = {name: _Field() for name in ctx.options.fields or ()}
+    non_objects = 0
+    async for batch in records.batches():
+        for name, values in columns(batch, wanted).items():
+            stats = fields.get(name)
+            if stats is None:
+                stats = fields[name] = _Field()
+            stats.add(values)
+        non_objects += sum(not isinstance(r, dict) for r in batch)
+    total = records.stats.record_count
+    report: dict[str, JsonValue] = {
+        name: {
+            "count": stats.count,
+            "nulls": total - stats.count,
+            "distinct": stats.distinct.count(),
+            "distinct_exact": stats.distinct.is_exact,
+            "types": dict(stats.types),
+            "numeric": stats.numbers.report(),
+            "string": stats.strings.report(ctx.options.top),
         }
-    scalars = [r for r in data.records if not isinstance(r, dict)]
+        for name, stats in fields.items()
+    }
     return OperationOutcome(
         result={
-            "record_count": len(data.records),
-            "field_count": len(fields),
-            "fields": fields,
-            "non_object_records": len(scalars),
-            "distinct_method": "exact",
+            "record_count": total,
+            "field_count": len(report),
+            "fields": report,
+            "non_object_records": non_objects,
         }
     )

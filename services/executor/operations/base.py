@@ -1,13 +1,13 @@
-"""The one small interface every operation implements."""
+"""The one small interface every operation implements, built in or plugged in through an entry point."""
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from pydantic import JsonValue
 
 from libs.common.options import OperationOptions
-from services.executor.data import Dataset
+from services.executor.records import RecordStream
 from services.executor.storage import Storage
 
 OptionsT = TypeVar("OptionsT", bound=OperationOptions)
@@ -27,26 +27,34 @@ class OperationFailedError(Exception):
 @dataclass(frozen=True)
 class OperationContext(Generic[OptionsT]):
     identifier: str
+    """The object's identifier: the S3 prefix its outputs go under."""
     options: OptionsT
     storage: Storage
-    input_sha256: str
-    input_bytes: int
-    input_format: str
+
+    def output_key(self, name: str) -> str:
+        return f"{self.identifier}/{name}"
 
 
 @dataclass
 class OperationOutcome:
     result: dict[str, JsonValue]
-    output: Dataset | None = None
-    """Data the object's following operations work on instead of their input (only transform sets it)."""
-    extra: dict[str, Any] = field(default_factory=dict)
+    """The operation's findings: the `result` of its artifact."""
+    output_url: str | None = None
+    """Data that the object's following operations work on instead of their input (transform sets it)."""
+    output_format: str | None = None
 
 
-OperationFunction = Callable[[Dataset, OperationContext[Any]], Awaitable[OperationOutcome]]
+OperationFunction = Callable[[RecordStream, OperationContext[Any]], Awaitable[OperationOutcome]]
 
 
 @dataclass(frozen=True)
 class OperationSpec:
+    """What registers an operation: its name, its options model, and the coroutine that runs it.
+
+    `run` must consume `records.batches()` (in one pass: the data may be far larger than memory) and return
+    an OperationOutcome; raise OperationFailedError for bad data or options.
+    """
+
     name: str
     options_model: type[OperationOptions]
     run: OperationFunction

@@ -6,33 +6,40 @@ from datetime import UTC, datetime
 from pydantic import JsonValue
 
 from libs.common.options import EnrichOptions
-from services.executor.data import Dataset
-from services.executor.operations._fields import field_values, json_type
+from services.executor.operations._fields import TYPE_NAMES, columns
 from services.executor.operations.base import OperationContext, OperationOutcome
+from services.executor.records import RecordStream
 
 
-async def run(data: Dataset, ctx: OperationContext[EnrichOptions]) -> OperationOutcome:
-    field_types: dict[str, JsonValue] = {}
-    for name in data.field_names():
-        kinds = Counter(json_type(v) for v in field_values(data.records, name))
-        non_null = [k for k in kinds if k != "null"]
-        field_types[name] = {
+async def run(records: RecordStream, ctx: OperationContext[EnrichOptions]) -> OperationOutcome:
+    kinds: dict[str, Counter[str]] = {}
+    async for batch in records.batches():
+        for name, values in columns(batch).items():
+            counter = kinds.get(name)
+            if counter is None:
+                counter = kinds[name] = Counter()
+            counter.update({TYPE_NAMES[kind]: n for kind, n in Counter(map(type, values)).items()})
+    total = records.stats.record_count
+    fields: dict[str, JsonValue] = {}
+    for name, counter in kinds.items():
+        non_null = [kind for kind in counter if kind != "null"]
+        fields[name] = {
             "type": non_null[0] if len(non_null) == 1 else ("mixed" if non_null else "null"),
-            "types": dict(kinds),
-            "nullable": "null" in kinds or sum(kinds.values()) < len(data.records),
+            "types": dict(counter),
+            "nullable": "null" in counter or sum(counter.values()) < total,
         }
     return OperationOutcome(
         result={
             "content": {
-                "size_bytes": ctx.input_bytes,
-                "sha256": ctx.input_sha256,
-                "format": ctx.input_format,
+                "size_bytes": records.stats.size_bytes,
+                "sha256": records.stats.sha256,
+                "format": records.format,
                 "encoding": "utf-8",
-                "shape": "document" if data.is_document else "records",
-                "record_count": len(data.records),
-                "field_count": len(field_types),
+                "shape": "document" if records.stats.is_document else "records",
+                "record_count": total,
+                "field_count": len(fields),
             },
-            "fields": field_types,
+            "fields": fields,
             "metadata": ctx.options.metadata,
             "enriched_at": datetime.now(UTC).isoformat(),
         }

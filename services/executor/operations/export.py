@@ -1,24 +1,31 @@
 """export: writes the object's current data in the requested format next to its results."""
 
-import hashlib
-
 from libs.common.options import ExportOptions
-from services.executor.data import CONTENT_TYPES, Dataset, serialize
+from services.executor.data import CONTENT_TYPES, RecordEncoder
 from services.executor.operations.base import OperationContext, OperationOutcome
+from services.executor.records import RecordStream
 
 
-async def run(data: Dataset, ctx: OperationContext[ExportOptions]) -> OperationOutcome:
+async def run(records: RecordStream, ctx: OperationContext[ExportOptions]) -> OperationOutcome:
     fmt = ctx.options.format
-    body = serialize(data, fmt)
-    key = f"{ctx.identifier}/export.{fmt}"
-    url = await ctx.storage.put(key, body, CONTENT_TYPES[fmt])
+    key = ctx.output_key(f"export.{fmt}")
+    batches = records.batches()
+    first = await anext(batches, None)  # after the first batch, the shape (records or one document) is known
+    encoder = RecordEncoder(fmt, document=records.stats.is_document)
+    async with ctx.storage.upload(key, CONTENT_TYPES[fmt]) as upload:
+        if first is not None:
+            await upload.write(encoder.encode(first))
+            async for batch in batches:
+                await upload.write(encoder.encode(batch))
+        await upload.write(encoder.finish())
     return OperationOutcome(
         result={
             "format": fmt,
-            "url": url,
-            "size_bytes": len(body),
-            "sha256": hashlib.sha256(body).hexdigest(),
-            "record_count": len(data.records),
+            "url": upload.url,
+            "size_bytes": upload.size,
+            "sha256": upload.sha256,
+            "record_count": encoder.records,
+            "dropped_fields": [*sorted(encoder.dropped_fields)],
             "presigned_url": await ctx.storage.presign(key),
             "presigned_url_expires_in": ctx.storage.presign_expiry,
         }

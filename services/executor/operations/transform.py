@@ -1,6 +1,8 @@
 """transform: a declarative list of steps; its output is the data the object's following operations see."""
 
 import re
+from collections.abc import AsyncIterator
+from functools import lru_cache
 from typing import Any
 
 import jmespath
@@ -17,12 +19,14 @@ from libs.common.options import (
     TransformOptions,
     TransformStep,
 )
-from services.executor.data import Dataset
+from services.executor.data import CONTENT_TYPES, RecordEncoder, field_names
 from services.executor.operations.base import OperationContext, OperationFailedError, OperationOutcome
+from services.executor.records import RecordStream
 
 _WORD_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|[^A-Za-z0-9]+")
 
 
+@lru_cache(maxsize=65536)  # keys repeat from record to record
 def snake_case(name: str) -> str:
     return "_".join(part.lower() for part in _WORD_BOUNDARY.split(name.strip()) if part) or name
 
@@ -72,12 +76,12 @@ def _normalize(value: str, step: NormalizeStep) -> str:
     return value
 
 
-def _apply(step: TransformStep, records: list[JsonValue]) -> list[JsonValue]:
+def _apply(step: TransformStep, records: list[JsonValue], offset: int) -> list[JsonValue]:
     if isinstance(step, FilterStep):
         expression = jmespath.compile(step.expression)
         return [r for r in records if expression.search(r)]
     out: list[JsonValue] = []
-    for index, record in enumerate(records):
+    for index, record in enumerate(records, start=offset):
         if not isinstance(record, dict):
             msg = f"record {index} is not an object; step '{step.op}' needs objects"
             raise OperationFailedError(msg)
@@ -106,23 +110,53 @@ def _apply(step: TransformStep, records: list[JsonValue]) -> list[JsonValue]:
     return out
 
 
-async def run(data: Dataset, ctx: OperationContext[TransformOptions]) -> OperationOutcome:
+MAX_REPORTED_FIELDS = 1000
+
+
+async def run(records: RecordStream, ctx: OperationContext[TransformOptions]) -> OperationOutcome:
     steps = ctx.options.steps
-    records = data.records
-    if steps is None:
-        records = [_default_steps(r) for r in records]
-        applied: list[JsonValue] = ["default: trim strings, snake_case keys"]
-    else:
-        for step in steps:
-            records = _apply(step, records)
-        applied = [step.model_dump(mode="json") for step in steps]
-    output = Dataset(records=records, is_document=data.is_document and len(records) == 1)
+    applied: list[JsonValue] = (
+        ["default: trim strings, snake_case keys"]
+        if steps is None
+        else [step.model_dump(mode="json") for step in steps]
+    )
+    batches = records.batches()
+    first = await anext(batches, None)  # after the first batch, the shape (records or one document) is known
+    document = records.stats.is_document
+    encoder = RecordEncoder("json" if document else "ndjson", document=document)
+    fields: dict[str, None] = {}
+    records_in = 0
+    # Written as it is produced: NDJSON for records, JSON for a single document; never held whole.
+    key = ctx.output_key(f"transform_output.{encoder.format}")
+    async with ctx.storage.upload(key, CONTENT_TYPES[encoder.format]) as upload:
+        if first is not None:
+            async for batch in _chain(first, batches):
+                offset = records_in
+                records_in += len(batch)
+                if steps is None:
+                    out = [_default_steps(r) for r in batch]
+                else:
+                    out = batch
+                    for step in steps:
+                        out = _apply(step, out, offset)
+                if len(fields) < MAX_REPORTED_FIELDS:
+                    fields.update(dict.fromkeys(field_names(out)))
+                await upload.write(encoder.encode(out))
+        await upload.write(encoder.finish())
     return OperationOutcome(
         result={
             "steps": applied,
-            "records_in": len(data.records),
-            "records_out": len(records),
-            "fields_out": output.field_names(),  # type: ignore[dict-item]
+            "records_in": records_in,
+            "records_out": encoder.records,
+            "fields_out": [*list(fields)[:MAX_REPORTED_FIELDS]],
+            "output": {"url": upload.url, "format": encoder.format, "size_bytes": upload.size, "sha256": upload.sha256},
         },
-        output=output,
+        output_url=upload.url,
+        output_format=encoder.format,
     )
+
+
+async def _chain(first: list[JsonValue], rest: AsyncIterator[list[JsonValue]]) -> AsyncIterator[list[JsonValue]]:
+    yield first
+    async for batch in rest:
+        yield batch
