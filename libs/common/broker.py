@@ -1,5 +1,6 @@
 """The FastStream broker every service uses, and the stream topology it needs before the first publish."""
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -63,6 +64,8 @@ def make_broker(settings: ServiceSettings) -> RedisBroker:
         message_format=PlainJsonFormat,
         middlewares=[dead_letters],
         logger=logging.getLogger("opa.faststream"),
+        # On SIGTERM, messages being handled get this long to finish (and be acknowledged) before exit.
+        graceful_timeout=settings.graceful_timeout_seconds,
     )
     return broker
 
@@ -91,3 +94,24 @@ async def ensure_topology(redis: Redis, streams: Sequence[str] | None = None) ->
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+
+
+async def supervise_subscribers(broker: RedisBroker, redis: Redis, interval: float) -> None:
+    """Restart subscribers that stopped, after re-creating the topology.
+
+    FastStream stops a consumer-group subscriber for good when its group disappears (Redis restarted without
+    its data, or was flushed) and, under an outer ASGI server, nothing restarts it: the service would stay up
+    and silently consume nothing. This loop notices, re-creates the streams and groups, and starts it again.
+    """
+    while True:
+        await asyncio.sleep(interval)
+        stopped = [sub for sub in broker.subscribers if not sub.running]
+        if not stopped:
+            continue
+        try:
+            await ensure_topology(redis)
+            for subscriber in stopped:
+                await subscriber.start()
+                log.warning("subscriber.restarted", subscriber=getattr(subscriber, "call_name", repr(subscriber)))
+        except Exception:
+            log.exception("subscriber.restart_failed")

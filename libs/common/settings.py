@@ -23,6 +23,12 @@ class ServiceSettings(_Settings):
     port: int = Field(default=8000, ge=1, le=65535)
     # Streams are capped on every XADD (approximate MAXLEN): entries beyond this are old, acknowledged history.
     stream_maxlen: int = Field(default=100_000, ge=1_000)
+    claim_idle_ms: int = Field(default=15_000, ge=100)
+    """An entry pending this long without a heartbeat is taken over by another consumer of its group."""
+    max_deliveries: int = Field(default=5, ge=1)
+    """Deliveries of one entry before it is dead-lettered (and its object failed)."""
+    reclaim_interval_seconds: float = Field(default=2.0, gt=0)
+    graceful_timeout_seconds: float = Field(default=30.0, gt=0)
 
 
 class DatabaseSettings(_Settings):

@@ -8,9 +8,9 @@ from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.asgi.types import Scope
 from redis.asyncio import Redis
 
-from libs.common.broker import ensure_topology, make_broker
+from libs.common.broker import ensure_topology, make_broker, supervise_subscribers
 from libs.common.s3 import s3_client
-from services.executor.handlers import register
+from services.executor.handlers import reclaimer, register
 from services.executor.service import OperationRunner
 from services.executor.settings import ExecutorSettings
 from services.executor.storage import Storage
@@ -19,9 +19,7 @@ from services.executor.storage import Storage
 def create_app(settings: ExecutorSettings) -> AsgiFastStream:
     broker = make_broker(settings)
     stack = AsyncExitStack()
-    # The S3 client lives only inside the lifespan, so handlers (registered before it) look the runner up.
-    runner_holder: list[OperationRunner] = []
-    register(broker, settings, lambda: runner_holder[0])
+    executor = register(broker, settings)
 
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
@@ -36,20 +34,32 @@ def create_app(settings: ExecutorSettings) -> AsgiFastStream:
                 settings.storage_backoff_seconds,
                 settings.s3_presign_expiry_seconds,
             )
-            runner_holder.append(OperationRunner(storage, settings.instance_id, settings.max_document_bytes))
-            yield
+            executor.redis = redis
+            executor.runner = OperationRunner(
+                storage, settings.instance_id, settings.max_document_bytes, settings.operation_timeout_seconds
+            )
+            tasks = [
+                asyncio.create_task(reclaimer(redis, settings, executor).run(settings.reclaim_interval_seconds)),
+                asyncio.create_task(supervise_subscribers(broker, redis, settings.reclaim_interval_seconds)),
+            ]
+            try:
+                yield
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
 
     @get(include_in_schema=False)
     async def health(scope: Scope) -> AsgiResponse:  # noqa: ARG001
         checks = {"redis": "ok", "s3": "ok"}
         if not await broker.ping(timeout=2.0):
             checks["redis"] = "unreachable"
-        if not runner_holder:
+        if executor.runner is None:
             checks["s3"] = "starting"
         else:
             try:
                 async with asyncio.timeout(2.0):
-                    await runner_holder[0].storage.check()
+                    await executor.runner.storage.check()
             except Exception as exc:  # noqa: BLE001 - report, do not raise
                 checks["s3"] = type(exc).__name__
         healthy = all(value == "ok" for value in checks.values())

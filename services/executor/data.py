@@ -90,20 +90,25 @@ class RecordEncoder:
 
     def _csv(self, batch: list[JsonValue]) -> bytes:
         buffer = io.StringIO(newline="")
+        writer = csv.writer(buffer)
         if self._header is None:
             self._header = field_names(batch)
             if "value" not in self._header and any(not isinstance(record, dict) for record in batch):
                 self._header.append("value")
-            csv.writer(buffer).writerow(self._header)
-        known = set(self._header)
-        writer = csv.DictWriter(buffer, fieldnames=self._header, extrasaction="ignore")
+            writer.writerow(self._header)
+        header = self._header
+        known = set(header)
+        rows = []
         for record in batch:
             row = record if isinstance(record, dict) else {"value": record}
-            extra = row.keys() - known
-            if extra:
-                self.dropped_fields.update(extra)
-            writer.writerow({k: _csv_cell(v) for k, v in row.items()})
+            if not known.issuperset(row):
+                self.dropped_fields.update(row.keys() - known)
+            rows.append([v if type(v) in _PLAIN else _csv_cell(v) for v in map(row.get, header)])
+        writer.writerows(rows)
         return buffer.getvalue().encode()
+
+
+_PLAIN = frozenset({str, int, float})
 
 
 def _csv_cell(value: JsonValue) -> str | int | float:

@@ -1,33 +1,108 @@
-from collections.abc import Callable
+"""The executor's consumers: the live subscriber and the reclaimer run commands through one `Executor`."""
+
+from dataclasses import dataclass, field
 
 import structlog
 from faststream import AckPolicy
 from faststream.redis import RedisBroker, StreamSub
+from faststream.redis.annotations import RedisStreamMessage
+from faststream.redis.publisher.usecase import StreamPublisher
+from pydantic import BaseModel, TypeAdapter
+from redis.asyncio import Redis
 
-from libs.common.events import AnyOperationResult, RunOperationV1
+from libs.common.events import AnyOperationResult, OperationFailedV1, RunOperationV1
 from libs.common.events.streams import EXECUTOR_GROUP, OPERATION_COMMANDS, OPERATION_RESULTS
+from libs.common.reclaim import Reclaimer, entry_id_of, heartbeat
 from services.executor.service import OperationRunner
 from services.executor.settings import ExecutorSettings
 
+log = structlog.get_logger()
 
-def register(broker: RedisBroker, settings: ExecutorSettings, runner: Callable[[], OperationRunner]) -> None:
+
+@dataclass
+class Executor:
+    settings: ExecutorSettings
+    results: StreamPublisher
+    # Built in the lifespan (they need connections); None before start-up.
+    runner: OperationRunner | None = None
+    redis: Redis | None = field(default=None, repr=False)
+
+    async def execute(self, command: RunOperationV1, entry_id: str) -> None:
+        """Run one command. Acknowledged by the caller only if this returns: after the artifact is in S3 and the
+        result is published. Raises (leaving the entry pending, for the Reclaimer) on what may pass later."""
+        if self.runner is None or self.redis is None:
+            raise RuntimeError("executor not started")
+        structlog.contextvars.bind_contextvars(
+            object_id=str(command.object_id), operation=command.operation, message_id=str(command.message_id)
+        )
+        await self._publish(self.runner.started(command))
+        async with heartbeat(
+            self.redis, OPERATION_COMMANDS, EXECUTOR_GROUP, self.settings.instance_id, entry_id, self.heartbeat_seconds
+        ):
+            result = await self.runner.run(command)
+        await self._publish(result)
+
+    async def give_up(self, body: bytes, reason: str) -> None:
+        """A command dead-lettered after too many deliveries: fail its object with the reason."""
+        try:
+            command = RunOperationV1.model_validate_json(body)
+        except ValueError:
+            return
+        await self._publish(
+            OperationFailedV1(
+                object_id=command.object_id,
+                task_id=command.task_id,
+                operation=command.operation,
+                index=command.index,
+                executor_id=self.settings.instance_id,
+                error=f"gave up: {reason}",
+            )
+        )
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        return self.settings.claim_idle_ms / 1000 / 3
+
+    async def _publish(self, message: BaseModel) -> None:
+        await self.results.publish(message)
+
+
+def register(broker: RedisBroker, settings: ExecutorSettings) -> Executor:
     results = broker.publisher(
         stream=StreamSub(OPERATION_RESULTS, maxlen=settings.stream_maxlen),
         schema=AnyOperationResult,
         title="operation-results",
     )
+    executor = Executor(settings, results)
 
     @broker.subscriber(
-        # max_records=1: an entry read ahead would sit in this consumer's pending list while another
-        # operation runs, and count as in progress when it is not.
+        # max_records=1: an entry read ahead would sit in this consumer's pending list, unbeaten by any
+        # heartbeat, while another operation runs, and could be taken over although nothing failed.
         stream=StreamSub(OPERATION_COMMANDS, group=EXECUTOR_GROUP, consumer=settings.instance_id, max_records=1),
         # Acknowledged only after the artifact is in S3 and the result is published; an error leaves it pending.
         ack_policy=AckPolicy.NACK_ON_ERROR,
         title="operation-commands",
     )
-    async def on_run_operation(command: RunOperationV1) -> None:
-        structlog.contextvars.bind_contextvars(
-            object_id=str(command.object_id), operation=command.operation, message_id=str(command.message_id)
-        )
-        await results.publish(runner().started(command))
-        await results.publish(await runner().run(command))
+    async def on_run_operation(command: RunOperationV1, message: RedisStreamMessage) -> None:
+        await executor.execute(command, entry_id_of(message))
+
+    return executor
+
+
+def reclaimer(redis: Redis, settings: ExecutorSettings, executor: Executor) -> Reclaimer:
+    commands: TypeAdapter[RunOperationV1] = TypeAdapter(RunOperationV1)
+
+    async def handle(body: bytes, entry_id: str) -> None:
+        await executor.execute(commands.validate_json(body), entry_id)
+
+    return Reclaimer(
+        redis=redis,
+        stream=OPERATION_COMMANDS,
+        group=EXECUTOR_GROUP,
+        consumer=settings.instance_id,
+        handler=handle,
+        idle_ms=settings.claim_idle_ms,
+        max_deliveries=settings.max_deliveries,
+        maxlen=settings.stream_maxlen,
+        on_dead=executor.give_up,
+    )

@@ -1,5 +1,6 @@
 """Runs one operation of one object: stream its data, compute, store the artifact, report the result."""
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,16 +26,20 @@ Result = OperationCompletedV1 | OperationFailedV1
 
 
 class OperationRunner:
-    def __init__(self, storage: Storage, executor_id: str, max_document_bytes: int) -> None:
+    def __init__(
+        self, storage: Storage, executor_id: str, max_document_bytes: int, timeout_seconds: float = 900.0
+    ) -> None:
         self.storage = storage
         self.executor_id = executor_id
         self.max_document_bytes = max_document_bytes
+        self.timeout_seconds = timeout_seconds
 
     def started(self, command: RunOperationV1) -> OperationStartedV1:
         return OperationStartedV1(**self._ids(command), executor_id=self.executor_id)
 
     async def run(self, command: RunOperationV1) -> Result:
-        """Returns the result to publish. Raises only for what may succeed on another delivery."""
+        """Returns the result to publish. Raises only for what may succeed on another delivery: S3 unavailable
+        through every retry (StorageUnavailableError) leaves the command pending, to be tried again later."""
         key = artifact_key(command.identifier, command.operation)
         started_at = datetime.now(UTC)
         clock = time.perf_counter()
@@ -53,8 +58,11 @@ class OperationRunner:
             except ValidationError as exc:
                 raise OperationFailedError(f"invalid options: {exc.errors()[0]['msg']}") from None
             context = OperationContext(identifier=command.identifier, options=options, storage=self.storage)
-            async with self._open(command) as records:
-                outcome = await spec.run(records, context)
+            try:
+                async with asyncio.timeout(self.timeout_seconds), self._open(command) as records:
+                    outcome = await spec.run(records, context)
+            except TimeoutError:
+                raise OperationFailedError(f"timed out after {self.timeout_seconds:g} s") from None
             duration_ms = (time.perf_counter() - clock) * 1000
             artifact = self._artifact(
                 command, records, started_at, duration_ms, "succeeded", outcome.result, outcome.output_url
@@ -62,7 +70,7 @@ class OperationRunner:
             s3_url = await self.storage.put(key, artifact, "application/json", {"object-id": str(command.object_id)})
         except OperationFailedError as exc:
             return await self._failed(command, key, records, str(exc), exc.report, started_at, clock)
-        except (DataError, ObjectMissingError, StorageUnavailableError, ValueError) as exc:
+        except (DataError, ObjectMissingError, ValueError) as exc:
             return await self._failed(command, key, records, _describe(exc, command), None, started_at, clock)
         return OperationCompletedV1(
             **self._ids(command),

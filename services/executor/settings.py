@@ -9,5 +9,7 @@ class ExecutorSettings(ServiceSettings, S3Settings):
     storage_attempts: int = Field(default=4, ge=1, le=20)
     """Attempts at an S3 call that fails transiently (5xx, timeout, connection) before the operation fails."""
     storage_backoff_seconds: float = Field(default=0.5, gt=0)
+    operation_timeout_seconds: float = Field(default=900.0, gt=0)
+    """An operation running longer fails the object (\"timed out\")."""
     max_document_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     """Largest JSON document that is not an array (read whole); arrays, NDJSON and CSV stream at any size."""

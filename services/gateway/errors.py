@@ -4,6 +4,9 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from libs.common.errors import ServiceError, UnavailableError
@@ -12,6 +15,8 @@ from services.gateway.schemas import Problem
 log = structlog.get_logger()
 
 PROBLEM_JSON = "application/problem+json"
+DEPENDENCY_ERRORS = (OSError, TimeoutError, DBAPIError, RedisConnectionError, RedisTimeoutError)
+"""Errors that mean PostgreSQL or Redis is unreachable or failing, not that the request is wrong."""
 RETRY_AFTER_SECONDS = "2"
 
 
@@ -62,7 +67,7 @@ async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
 async def on_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.error("request.failed", path=request.url.path, error_type=type(exc).__name__)
     # A dependency outage shows up as a connection error deep in a driver: tell the client to come back.
-    if isinstance(exc, OSError | ConnectionError | TimeoutError) or "connect" in type(exc).__name__.lower():
+    if isinstance(exc, DEPENDENCY_ERRORS):
         response = problem(503, "Service unavailable", "a backing service is unreachable; try again shortly", request)
         response.headers["Retry-After"] = RETRY_AFTER_SECONDS
         return response

@@ -3,14 +3,18 @@
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Path, Request, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
+from libs.common.domain import ObjectState
 from libs.common.progress import ProgressDocument
 from services.gateway.proxy import StreamProxy
 from services.gateway.schemas import (
+    BulkRetryRequest,
+    BulkRetryResponse,
     CommandResponse,
     Identifier,
+    ObjectPage,
     ObjectResponse,
     Problem,
     ProcessRequest,
@@ -113,6 +117,26 @@ async def progress_stream(
 @router.get("/status", response_model=StatusResponse)
 async def system_status(service: Service) -> StatusResponse:
     return await service.status()
+
+
+@router.get("/objects", response_model=ObjectPage, responses={422: INVALID[422], **UNAVAILABLE})
+async def list_objects(
+    service: Service,
+    state: Annotated[
+        ObjectState | None, Query(description="Only objects in this state; `failed` lists the dead letters.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200, description="`next_cursor` of the previous page.")] = None,
+) -> ObjectPage:
+    """Objects oldest first, a page at a time. `?state=failed` is the dead-letter queue: retry them one by one
+    (`POST /api/v1/objects/{id}/retry`) or in bulk (`POST /api/v1/objects/retry`)."""
+    return await service.list_objects(state, cursor, limit)
+
+
+@router.post("/objects/retry", response_model=BulkRetryResponse, responses={**INVALID, **UNAVAILABLE})
+async def retry_many(body: BulkRetryRequest, service: Service) -> BulkRetryResponse:
+    """Re-queue failed objects in bulk: the given `ids`, or every failed object (`all_failed`, up to `limit`)."""
+    return await service.retry_many(body)
 
 
 @router.get("/objects/{identifier}", response_model=ObjectResponse, responses={**NOT_FOUND, 422: INVALID[422]})

@@ -156,3 +156,28 @@ class Problem(BaseModel):
     detail: str
     instance: str | None = None
     errors: list[dict[str, Any]] | None = None
+
+
+class ObjectPage(BaseModel):
+    items: list[ObjectResponse]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+class BulkRetryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[UUID] | None = Field(default=None, max_length=500, description="Retry these objects.")
+    all_failed: bool = Field(default=False, description="Retry every failed object (up to `limit`), oldest first.")
+    limit: int = Field(default=100, ge=1, le=500)
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> "BulkRetryRequest":
+        if (self.ids is None) == (not self.all_failed):
+            msg = "give either `ids` or `all_failed: true`"
+            raise ValueError(msg)
+        return self
+
+
+class BulkRetryResponse(BaseModel):
+    retried: list[UUID]
+    refused: list[dict[str, str]] = Field(description="Objects not retried, with the reason (not failed, not found).")

@@ -1,6 +1,9 @@
 """The gateway's use cases: validate, hand commands to the orchestrator, read state."""
 
+import asyncio
+import base64
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import TypeVar
 from uuid import UUID, uuid4
 
@@ -13,7 +16,16 @@ from libs.common.events import CancelObjectV1, CommandReplyV1, RetryObjectV1, Su
 from libs.common.progress import ProgressDocument, build_progress_document
 from services.gateway.commands import CommandBus
 from services.gateway.repository import ObjectReader
-from services.gateway.schemas import CommandResponse, ObjectResponse, ProcessRequest, ProcessResponse, StatusResponse
+from services.gateway.schemas import (
+    BulkRetryRequest,
+    BulkRetryResponse,
+    CommandResponse,
+    ObjectPage,
+    ObjectResponse,
+    ProcessRequest,
+    ProcessResponse,
+    StatusResponse,
+)
 
 T = TypeVar("T")
 
@@ -106,31 +118,35 @@ class GatewayService:
         obj = await self._read(lambda r: r.get_by_identifier(identifier))
         if obj is None:
             raise NotFoundError(f"no object with identifier {identifier!r}")
-        document = build_progress_document(obj)
-        return ObjectResponse(
-            **document.model_dump(
-                include={
-                    "id",
-                    "identifier",
-                    "state",
-                    "operations",
-                    "current_operation",
-                    "operations_status",
-                    "s3_artifacts",
-                    "error_message",
-                    "task_id",
-                    "cancel_requested",
-                    "created_at",
-                    "updated_at",
-                }
-            ),
-            attempt=obj.attempt,
-            source=obj.source,
-            metadata=obj.object_metadata,
-            queued_at=obj.queued_at,
-            started_at=obj.started_at,
-            finished_at=obj.finished_at,
-        )
+        return _object_response(obj)
+
+    async def list_objects(self, state: ObjectState | None, cursor: str | None, limit: int) -> ObjectPage:
+        after = _decode_cursor(cursor) if cursor else None
+        rows = await self._read(lambda r: r.page(state, after, limit + 1))
+        items = [_object_response(obj) for obj in rows[:limit]]
+        next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+        return ObjectPage(items=items, next_cursor=next_cursor)
+
+    async def retry_many(self, request: BulkRetryRequest) -> BulkRetryResponse:
+        if request.ids is not None:
+            ids = list(dict.fromkeys(request.ids))
+        else:
+            rows = await self._read(lambda r: r.page(ObjectState.FAILED, None, request.limit))
+            ids = [obj.id for obj in rows]
+        retried: list[UUID] = []
+        refused: list[dict[str, str]] = []
+        gate = asyncio.Semaphore(16)
+
+        async def one(object_id: UUID) -> None:
+            async with gate:
+                try:
+                    await self.retry(object_id)
+                    retried.append(object_id)
+                except (NotFoundError, InvalidTransitionError) as exc:
+                    refused.append({"id": str(object_id), "reason": str(exc)})
+
+        await asyncio.gather(*(one(object_id) for object_id in ids))
+        return BulkRetryResponse(retried=retried, refused=refused)
 
     async def status(self) -> StatusResponse:
         async with self.sessionmaker() as session:
@@ -164,3 +180,49 @@ class GatewayService:
         if reply.object_id is None or reply.identifier is None or reply.state is None:
             raise UnexpectedReplyError(reply)
         return CommandResponse(id=reply.object_id, identifier=reply.identifier, state=reply.state, message=reply.detail)
+
+
+def _object_response(obj: ProcessingObject) -> ObjectResponse:
+    document = build_progress_document(obj)
+    return ObjectResponse(
+        **document.model_dump(
+            include={
+                "id",
+                "identifier",
+                "state",
+                "operations",
+                "current_operation",
+                "operations_status",
+                "s3_artifacts",
+                "error_message",
+                "task_id",
+                "cancel_requested",
+                "created_at",
+                "updated_at",
+            }
+        ),
+        attempt=obj.attempt,
+        source=obj.source,
+        metadata=obj.object_metadata,
+        queued_at=obj.queued_at,
+        started_at=obj.started_at,
+        finished_at=obj.finished_at,
+    )
+
+
+class InvalidCursorError(ServiceError):
+    code = "invalid_cursor"
+    title = "Invalid cursor"
+    http_status = 422
+
+
+def _encode_cursor(obj: ProcessingObject) -> str:
+    return base64.urlsafe_b64encode(f"{obj.created_at.isoformat()}|{obj.id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    try:
+        created_at, _, object_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        return datetime.fromisoformat(created_at), UUID(object_id)
+    except ValueError:
+        raise InvalidCursorError("`cursor` is not one this API returned; start again without it") from None

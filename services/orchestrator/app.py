@@ -9,14 +9,17 @@ from faststream.asgi.types import Scope
 from redis.asyncio import Redis
 from sqlalchemy import text
 
-from libs.common.broker import ensure_topology, make_broker
+from libs.common.broker import ensure_topology, make_broker, supervise_subscribers
 from libs.common.db.session import create_engine, create_sessionmaker
-from services.orchestrator.handlers import Orchestrator, register
+from libs.common.trim import trim_streams
+from services.orchestrator.handlers import Orchestrator, reclaimers, register
 from services.orchestrator.outbox import OutboxRelay
 from services.orchestrator.service import ObjectService
 from services.orchestrator.settings import OrchestratorSettings
 
 log = structlog.get_logger()
+
+REDIS_EPOCH_KEY = "orchestrator:redis-epoch"
 
 
 def create_app(settings: OrchestratorSettings) -> AsgiFastStream:
@@ -27,6 +30,28 @@ def create_app(settings: OrchestratorSettings) -> AsgiFastStream:
     relay = OutboxRelay(sessionmaker, redis, settings.stream_maxlen)
     orchestrator = Orchestrator(sessionmaker, redis, relay, ObjectService(settings.max_parallel_workers))
     register(broker, settings, orchestrator)
+
+    async def redis_watchdog() -> None:
+        # Redis keeps nothing on disk here: after it restarts empty, re-create the topology and re-send the work
+        # that was in flight, from PostgreSQL (the truth). The marker key disappears with the data.
+        while True:
+            try:
+                if not await redis.exists(REDIS_EPOCH_KEY):
+                    await ensure_topology(redis)
+                    await orchestrator.redispatch_in_flight()
+                    await redis.set(REDIS_EPOCH_KEY, settings.instance_id)
+            except Exception:
+                log.exception("redis_watchdog.failed")
+            await asyncio.sleep(settings.reclaim_interval_seconds)
+
+    async def maintenance_loop() -> None:
+        while True:
+            await asyncio.sleep(settings.maintenance_interval_seconds)
+            try:
+                removed = await trim_streams(redis, settings.stream_retention_seconds * 1000)
+                log.info("streams.trimmed", removed=removed)
+            except Exception:
+                log.exception("streams.trim_failed")
 
     async def admission_loop() -> None:
         # Admission also runs after every commit that frees a slot; this loop covers slots freed by another
@@ -44,6 +69,17 @@ def create_app(settings: OrchestratorSettings) -> AsgiFastStream:
         tasks = [
             asyncio.create_task(relay.run(settings.outbox_sweep_seconds), name="outbox-relay"),
             asyncio.create_task(admission_loop(), name="admission"),
+            asyncio.create_task(redis_watchdog(), name="redis-watchdog"),
+            asyncio.create_task(maintenance_loop(), name="maintenance"),
+            asyncio.create_task(
+                supervise_subscribers(broker, redis, settings.reclaim_interval_seconds), name="subscribers"
+            ),
+            *(
+                asyncio.create_task(
+                    reclaimer.run(settings.reclaim_interval_seconds), name=f"reclaim:{reclaimer.stream}"
+                )
+                for reclaimer in reclaimers(redis, settings, orchestrator)
+            ),
         ]
         try:
             yield

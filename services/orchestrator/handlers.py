@@ -6,7 +6,9 @@ from typing import TypeVar
 import structlog
 from faststream import AckPolicy
 from faststream.redis import RedisBroker, StreamSub
+from pydantic import TypeAdapter
 from redis.asyncio import Redis
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.common.events import (
@@ -29,6 +31,7 @@ from libs.common.events.streams import (
     OPERATION_RESULTS,
     ORCHESTRATOR_GROUP,
 )
+from libs.common.reclaim import Reclaimer
 from services.orchestrator.outbox import OutboxRelay
 from services.orchestrator.service import ObjectService, UnitOfWork
 from services.orchestrator.settings import OrchestratorSettings
@@ -70,30 +73,60 @@ class Orchestrator:
         await self.relay.publish(outbox_ids)
         return admitted
 
+    async def handle_command(self, command: SubmitObjectV1 | CancelObjectV1 | RetryObjectV1) -> None:
+        structlog.contextvars.bind_contextvars(object_id=str(command.object_id), message_id=str(command.message_id))
+        service = self.service
+        reply: CommandReplyV1
+        match command:
+            case SubmitObjectV1():
+                reply = await self.run(lambda uow: service.submit(uow, command))
+            case CancelObjectV1():
+                reply = await self.run(lambda uow: service.cancel(uow, command))
+            case RetryObjectV1():
+                reply = await self.run(lambda uow: service.retry(uow, command))
+        await self.reply(command.reply_to, reply)
+
+    async def handle_result(self, event: OperationStartedV1 | OperationCompletedV1 | OperationFailedV1) -> None:
+        structlog.contextvars.bind_contextvars(object_id=str(event.object_id), message_id=str(event.message_id))
+        service = self.service
+        match event:
+            case OperationStartedV1():
+                await self.run(lambda uow: service.operation_started(uow, event))
+            case OperationCompletedV1():
+                await self.run(lambda uow: service.operation_completed(uow, event))
+            case OperationFailedV1():
+                await self.run(lambda uow: service.operation_failed(uow, event))
+
+    async def redispatch_in_flight(self) -> int:
+        """Send the running operation of every processing object again (after Redis lost its streams)."""
+        async with self.sessionmaker.begin() as session:
+            uow = UnitOfWork(session)
+            count = await self.service.redispatch_in_flight(uow)
+            outbox_ids = await uow.flush_outbox()
+        await self.relay.publish(outbox_ids)
+        return count
+
+    async def database_ready(self) -> bool:
+        try:
+            async with self.sessionmaker() as session:
+                await session.execute(text("SELECT 1"))
+        except Exception:  # noqa: BLE001 - any failure means: not now
+            return False
+        return True
+
     async def reply(self, reply_to: str | None, reply: CommandReplyV1) -> None:
         if reply_to:
             await self.redis.publish(reply_to, reply.model_dump_json())
 
 
 def register(broker: RedisBroker, settings: OrchestratorSettings, orchestrator: Orchestrator) -> None:
-    service = orchestrator.service
-
     @broker.subscriber(
         stream=StreamSub(OBJECT_COMMANDS, group=ORCHESTRATOR_GROUP, consumer=settings.instance_id, max_records=10),
-        ack_policy=AckPolicy.NACK_ON_ERROR,  # an error leaves the entry pending, for recovery to claim
+        ack_policy=AckPolicy.NACK_ON_ERROR,  # an error leaves the entry pending: the Reclaimer retries it
         title="object-commands",
     )
     async def on_object_command(command: AnyObjectCommand) -> None:
-        structlog.contextvars.bind_contextvars(object_id=str(command.object_id), message_id=str(command.message_id))
-        reply: CommandReplyV1
-        match command:
-            case SubmitObjectV1():
-                reply = await orchestrator.run(lambda uow: service.submit(uow, command))
-            case CancelObjectV1():
-                reply = await orchestrator.run(lambda uow: service.cancel(uow, command))
-            case RetryObjectV1():
-                reply = await orchestrator.run(lambda uow: service.retry(uow, command))
-        await orchestrator.reply(command.reply_to, reply)
+        await orchestrator.handle_command(command)
 
     @broker.subscriber(
         stream=StreamSub(OPERATION_RESULTS, group=ORCHESTRATOR_GROUP, consumer=settings.instance_id, max_records=10),
@@ -101,15 +134,34 @@ def register(broker: RedisBroker, settings: OrchestratorSettings, orchestrator: 
         title="operation-results",
     )
     async def on_operation_result(event: AnyOperationResult) -> None:
-        structlog.contextvars.bind_contextvars(object_id=str(event.object_id), message_id=str(event.message_id))
-        match event:
-            case OperationStartedV1():
-                await orchestrator.run(lambda uow: service.operation_started(uow, event))
-            case OperationCompletedV1():
-                await orchestrator.run(lambda uow: service.operation_completed(uow, event))
-            case OperationFailedV1():
-                await orchestrator.run(lambda uow: service.operation_failed(uow, event))
+        await orchestrator.handle_result(event)
 
     # The outbox relay writes these streams with plain XADDs; the declarations document them in AsyncAPI.
     broker.publisher(stream=OPERATION_COMMANDS, schema=RunOperationV1, title="operation-commands")
     broker.publisher(stream=OBJECT_EVENTS, schema=ObjectProgressedV1, title="object-events")
+
+
+def reclaimers(redis: Redis, settings: OrchestratorSettings, orchestrator: Orchestrator) -> list[Reclaimer]:
+    """Retry what an orchestrator instance left pending (it died, or a handler failed), from any instance."""
+    commands: TypeAdapter[AnyObjectCommand] = TypeAdapter(AnyObjectCommand)
+    results: TypeAdapter[AnyOperationResult] = TypeAdapter(AnyOperationResult)
+
+    async def command(body: bytes, _entry_id: str) -> None:
+        await orchestrator.handle_command(commands.validate_json(body))
+
+    async def result(body: bytes, _entry_id: str) -> None:
+        await orchestrator.handle_result(results.validate_json(body))
+
+    common = {
+        "redis": redis,
+        "group": ORCHESTRATOR_GROUP,
+        "consumer": settings.instance_id,
+        "idle_ms": settings.claim_idle_ms,
+        "max_deliveries": settings.max_deliveries,
+        "maxlen": settings.stream_maxlen,
+        "ready": orchestrator.database_ready,
+    }
+    return [
+        Reclaimer(stream=OBJECT_COMMANDS, handler=command, **common),  # type: ignore[arg-type]
+        Reclaimer(stream=OPERATION_RESULTS, handler=result, **common),  # type: ignore[arg-type]
+    ]

@@ -76,6 +76,15 @@ class ObjectRepository:
         )
         return result.all()
 
+    async def lock_processing(self) -> Sequence[ProcessingObject]:
+        result = await self.session.scalars(
+            select(ProcessingObject)
+            .where(ProcessingObject.state == ObjectState.PROCESSING.value)
+            .with_for_update(skip_locked=True)
+            .execution_options(populate_existing=True)
+        )
+        return result.all()
+
     def add_transition(self, transition: ObjectTransition) -> None:
         self.session.add(transition)
 

@@ -213,6 +213,18 @@ class ObjectService:
             log.info("objects.admitted", count=len(admitted), ids=[str(obj.id) for obj in admitted])
         return len(admitted)
 
+    async def redispatch_in_flight(self, uow: UnitOfWork) -> int:
+        """Re-send the current operation of every processing object. Executors skip work whose artifact exists and
+        the orchestrator ignores results it already applied, so a needless re-send costs a little and loses nothing."""
+        objects = await uow.objects.lock_processing()
+        for obj in objects:
+            if obj.cancel_requested and obj.operations_status.get(obj.current_operation or "", {}).get("completed"):
+                continue
+            self._dispatch_next(uow, obj)
+        if objects:
+            log.warning("objects.redispatched", count=len(objects))
+        return len(objects)
+
     # --- internals -------------------------------------------------------------------------------
 
     async def _lock_for_result(self, uow: UnitOfWork, event: OperationMessage) -> ProcessingObject | None:

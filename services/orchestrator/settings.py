@@ -9,3 +9,6 @@ class OrchestratorSettings(ServiceSettings, DatabaseSettings, ConcurrencySetting
     # Safety nets behind the event-driven paths: admission after every freed slot, outbox relay after every commit.
     admission_interval_seconds: float = Field(default=1.0, gt=0)
     outbox_sweep_seconds: float = Field(default=1.0, gt=0)
+    stream_retention_seconds: int = Field(default=3600, ge=0)
+    """History kept on streams beyond what consumers still need (the public event stream keeps exactly this)."""
+    maintenance_interval_seconds: float = Field(default=30.0, gt=0)

@@ -3,7 +3,7 @@
 import re
 from collections.abc import AsyncIterator
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 import jmespath
 from pydantic import JsonValue
@@ -77,37 +77,47 @@ def _normalize(value: str, step: NormalizeStep) -> str:
 
 
 def _apply(step: TransformStep, records: list[JsonValue], offset: int) -> list[JsonValue]:
+    """One step over one batch. Records are freshly parsed and owned by this run, so they are changed in place."""
     if isinstance(step, FilterStep):
-        expression = jmespath.compile(step.expression)
+        expression = _compiled(step.expression)
         return [r for r in records if expression.search(r)]
-    out: list[JsonValue] = []
     for index, record in enumerate(records, start=offset):
         if not isinstance(record, dict):
             msg = f"record {index} is not an object; step '{step.op}' needs objects"
             raise OperationFailedError(msg)
-        row: dict[str, Any] = dict(record)
-        match step:
-            case SelectStep():
-                row = {k: row.get(k) for k in step.fields}
-            case DropStep():
+    rows = cast(list[dict[str, Any]], records)
+    match step:
+        case SelectStep():
+            return [{k: row.get(k) for k in step.fields} for row in rows]
+        case RenameStep():
+            mapping = step.mapping
+            return [{mapping.get(k, k): v for k, v in row.items()} for row in rows]
+        case DropStep():
+            for row in rows:
                 for k in step.fields:
                     row.pop(k, None)
-            case RenameStep():
-                row = {step.mapping.get(k, k): v for k, v in row.items()}
-            case CastStep():
+        case CastStep():
+            for index, row in enumerate(rows, start=offset):
                 for k, kind in step.types.items():
                     if k in row:
                         row[k] = _cast(row[k], kind, k, index)
-            case DefaultStep():
+        case DefaultStep():
+            for row in rows:
                 for k, v in step.values.items():
                     if row.get(k) is None:
                         row[k] = v
-            case NormalizeStep():
-                for k, v in row.items():
-                    if isinstance(v, str) and (step.fields is None or k in step.fields):
+        case NormalizeStep():
+            for row in rows:
+                for k in step.fields if step.fields is not None else list(row):
+                    v = row.get(k)
+                    if isinstance(v, str):
                         row[k] = _normalize(v, step)
-        out.append(row)
-    return out
+    return records
+
+
+@lru_cache(maxsize=256)
+def _compiled(expression: str) -> jmespath.parser.ParsedResult:
+    return jmespath.compile(expression)
 
 
 MAX_REPORTED_FIELDS = 1000

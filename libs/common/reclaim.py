@@ -1,0 +1,135 @@
+"""At-least-once delivery on Redis Streams: what FastStream leaves to us, in one place.
+
+- `Reclaimer` takes over entries that a consumer left pending (it crashed, was killed, or its handler
+  raised) once they have been idle for `idle_ms`, runs them through the same handler, and acknowledges them on
+  success. XAUTOCLAIM counts deliveries; an entry delivered more than `max_deliveries` times is moved to the
+  dead-letter stream with the reason, acknowledged, and reported to `on_dead` (so the object can fail).
+- `heartbeat` keeps a long-running entry owned by its consumer (XCLAIM ... JUSTID resets its idle time without
+  counting a delivery), so the idle timeout can be short: a dead consumer's work is taken over in seconds,
+  and a live one's is never stolen.
+"""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import structlog
+from redis.asyncio import Redis
+
+from libs.common.events.streams import DATA_FIELD, DEAD_LETTERS
+
+log = structlog.get_logger()
+
+Handler = Callable[[bytes, str], Awaitable[None]]
+"""Called with an entry's `__data__` and its entry id; raising leaves the entry pending for a later attempt."""
+DeadHandler = Callable[[bytes, str], Awaitable[None]]
+
+
+@dataclass
+class Reclaimer:
+    redis: Redis
+    stream: str
+    group: str
+    consumer: str
+    handler: Handler
+    idle_ms: int
+    max_deliveries: int
+    maxlen: int
+    on_dead: DeadHandler | None = None
+    ready: Callable[[], Awaitable[bool]] | None = None
+    """Claim nothing while this says the service cannot work (its database is down): deliveries would be spent."""
+
+    async def run(self, interval: float) -> None:
+        while True:
+            try:
+                if self.ready is None or await self.ready():
+                    await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reclaim.sweep_failed", stream=self.stream)
+            await asyncio.sleep(interval)
+
+    async def sweep(self) -> int:
+        """Claim and process every entry idle for longer than idle_ms. Returns how many were claimed."""
+        claimed = 0
+        start = "0-0"
+        while True:
+            next_start, entries, *_ = await self.redis.xautoclaim(
+                self.stream, self.group, self.consumer, self.idle_ms, start_id=start, count=10
+            )
+            for raw_id, fields in entries:
+                claimed += 1
+                await self._process(_text(raw_id), fields)
+            start = _text(next_start)
+            if start == "0-0":
+                return claimed
+
+    async def _process(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
+        deliveries = await self._deliveries(entry_id)
+        body = fields.get(DATA_FIELD.encode()) if fields else None
+        if body is None or deliveries > self.max_deliveries:
+            reason = "entry has no data" if body is None else f"delivered {deliveries} times without success"
+            await self.dead_letter(entry_id, body or b"", reason)
+            if self.on_dead is not None and body is not None:
+                await self.on_dead(body, reason)
+            await self.redis.xack(self.stream, self.group, entry_id)
+            return
+        log.info("reclaim.retry", stream=self.stream, entry_id=entry_id, delivery=deliveries)
+        try:
+            await self.handler(body, entry_id)
+        except Exception:
+            log.exception("reclaim.handler_failed", stream=self.stream, entry_id=entry_id, delivery=deliveries)
+            return
+        await self.redis.xack(self.stream, self.group, entry_id)
+
+    async def _deliveries(self, entry_id: str) -> int:
+        pending = await self.redis.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1)
+        return int(pending[0]["times_delivered"]) if pending else 1
+
+    async def dead_letter(self, entry_id: str, body: bytes, reason: str) -> None:
+        record = {
+            "stream": self.stream,
+            "entry_id": entry_id,
+            "consumer": self.consumer,
+            "reason": reason,
+            "body": body.decode("utf-8", "replace")[:65536],
+        }
+        await self.redis.xadd(DEAD_LETTERS, {DATA_FIELD: orjson.dumps(record)}, maxlen=self.maxlen, approximate=True)
+        log.warning("message.dead_lettered", stream=self.stream, entry_id=entry_id, reason=reason)
+
+
+@contextlib.asynccontextmanager
+async def heartbeat(
+    redis: Redis, stream: str, group: str, consumer: str, entry_id: str, interval: float
+) -> AsyncIterator[None]:
+    """Renew this consumer's ownership of `entry_id` every `interval` seconds while the block runs."""
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await redis.xclaim(stream, group, consumer, 0, [entry_id], justid=True)
+            except Exception:  # noqa: BLE001 - a missed beat only risks a duplicate run, which is absorbed
+                log.warning("heartbeat.failed", stream=stream, entry_id=entry_id)
+
+    task = asyncio.create_task(beat(), name=f"heartbeat:{entry_id}")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def entry_id_of(message: Any) -> str:
+    """The stream entry id of a FastStream Redis stream message."""
+    ids = message.raw_message.get("message_ids") or [b""]
+    return _text(ids[0])
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

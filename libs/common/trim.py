@@ -1,0 +1,52 @@
+"""Stream retention: trim every stream, never past an entry that some consumer group still needs.
+
+XADD ... MAXLEN alone could drop entries still pending or not yet read. Instead, for a stream with consumer
+groups, the cut is the oldest of: each group's oldest pending entry, and the entry after each group's
+last-delivered id; a stream without groups (the public event stream) keeps `retention_ms` of history.
+Streams are trimmed with MINID (approximate, so Redis trims whole nodes cheaply).
+"""
+
+import time
+
+from redis.asyncio import Redis
+
+from libs.common.events.streams import CONSUMER_GROUPS
+
+
+def _parse(entry_id: bytes | str) -> tuple[int, int]:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def safe_min_id(redis: Redis, stream: str, groups: tuple[str, ...], retention_ms: int) -> str:
+    floor = (int(time.time() * 1000) - retention_ms, 0)
+    if not groups:
+        return f"{floor[0]}-0"
+    cut = floor
+    infos = {(_text(info["name"])): info for info in await redis.xinfo_groups(stream)}
+    for group in groups:
+        info = infos.get(group)
+        if info is None:  # the group is missing: keep everything until it is re-created and has read
+            return "0-0"
+        last = _parse(info["last-delivered-id"])
+        cut = min(cut, (last[0], last[1] + 1))
+        pending = await redis.xpending(stream, group)
+        if pending["pending"]:
+            cut = min(cut, _parse(pending["min"]))
+    return f"{cut[0]}-{cut[1]}"
+
+
+async def trim_streams(redis: Redis, retention_ms: int) -> dict[str, int]:
+    """Trim every known stream as far as is safe. Returns the number of entries removed per stream."""
+    removed: dict[str, int] = {}
+    for stream, groups in CONSUMER_GROUPS.items():
+        if not await redis.exists(stream):
+            continue
+        min_id = await safe_min_id(redis, stream, groups, retention_ms)
+        removed[stream] = await redis.xtrim(stream, minid=min_id, approximate=True)
+    return removed
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
