@@ -59,10 +59,12 @@ class Orchestrator:
         async with self.sessionmaker.begin() as session:
             uow = UnitOfWork(session)
             result = await use_case(uow)
+            if uow.admission_needed:
+                # In the same transaction: a slot freed (or an object queued) is filled without a second round trip.
+                # Deadlock-free: admission skips rows other transactions hold, and takes its lock last.
+                await self.service.admit(uow)
             outbox_ids = await uow.flush_outbox()
         await self.relay.publish(outbox_ids)
-        if uow.admission_needed:
-            await self.admit()
         return result
 
     async def admit(self) -> int:

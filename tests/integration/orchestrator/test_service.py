@@ -344,7 +344,7 @@ async def test_admit_dispatches_the_object_options_data_url_and_metadata(isolate
         metadata={"k": "v"},
     )
     run = await isolated.admit_one(object_id)
-    assert run.operation is Operation.TRANSFORM
+    assert run.operation == Operation.TRANSFORM
     assert run.data_url == "s3://inbox/data.csv"
     assert run.data_format == "csv"
     assert run.options == {"steps": None}
@@ -674,7 +674,7 @@ async def test_retry_requeues_a_failed_object_and_resumes_after_its_completed_op
     assert (await isolated.complete(completed(transform))).outbox == []
     analyze = await isolated.finish_next(run)
     assert analyze is not None
-    assert analyze.operation is Operation.ANALYZE
+    assert analyze.operation == Operation.ANALYZE
     assert await isolated.finish_next(analyze) is None
     assert (await snapshot(isolated.sessionmaker, object_id)).obj.state == "completed"
 
