@@ -2,6 +2,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from faststream.redis import StreamSub
 from redis.asyncio import Redis
@@ -13,6 +14,7 @@ from libs.common.events import AnyObjectCommand
 from libs.common.events.streams import OBJECT_COMMANDS, reply_channel
 from services.gateway import errors
 from services.gateway.commands import CommandBus
+from services.gateway.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from services.gateway.proxy import StreamProxy
 from services.gateway.routes import router
 from services.gateway.service import GatewayService
@@ -65,6 +67,16 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.state.broker = broker  # read by deploy/asyncapi.py to document the streams this service uses
     errors.install(app)
     app.include_router(router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", "Last-Event-ID", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware)
 
     @app.get("/health", tags=["health"], responses={503: {"description": "A dependency is unreachable."}})
     async def health() -> JSONResponse:

@@ -11,3 +11,7 @@ class GatewaySettings(ServiceSettings, DatabaseSettings, ConcurrencySettings):
     command_timeout_seconds: float = Field(default=5.0, gt=0)
     """How long a request waits for the orchestrator to confirm a command before answering 503."""
     max_payload_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    """Any request body over this is refused (413) before it is read; keep it above MAX_PAYLOAD_BYTES."""
+    cors_origins: list[str] = Field(default_factory=list)
+    """Origins allowed to call the API from a browser (CORS); none by default. `["*"]` allows any."""

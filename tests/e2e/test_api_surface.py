@@ -1,6 +1,7 @@
 """The README's examples, the documentation endpoints, status and health."""
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import httpx
 
@@ -70,3 +71,32 @@ async def test_every_service_reports_healthy(stack: Stack) -> None:
     async with httpx.AsyncClient(timeout=5) as client:
         responses = await asyncio.gather(*(client.get(url) for url in urls if url))
     assert all(r.status_code == 200 for r in responses), [(r.url, r.status_code) for r in responses]
+
+
+async def test_every_response_has_a_request_id_and_security_headers(api: httpx.AsyncClient) -> None:
+    mine = await api.get("/api/v1/status", headers={"X-Request-ID": "trace-123"})
+    assert mine.headers["x-request-id"] == "trace-123"
+    fresh = await api.get("/api/v1/progress/not-a-uuid")
+    assert len(fresh.headers["x-request-id"]) == 32
+    for response in (mine, fresh):
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["x-frame-options"] == "DENY"
+    assert (
+        "access-control-allow-origin"
+        not in (await api.get("/api/v1/status", headers={"Origin": "https://x.example"})).headers
+    )
+
+
+async def test_a_body_over_the_limit_is_refused_before_it_is_read(api: httpx.AsyncClient) -> None:
+    big = b'{"identifier": "x", "operations": ["validate"], "payload": "' + b"x" * (3 * 1024 * 1024) + b'"}'
+    response = await api.post("/api/v1/process", content=big, headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert "source" in response.json()["detail"]
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted while it streams in
+        for start in range(0, len(big), 65536):
+            yield big[start : start + 65536]
+
+    streamed = await api.post("/api/v1/process", content=chunks(), headers={"content-type": "application/json"})
+    assert streamed.status_code == 413
