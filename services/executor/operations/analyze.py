@@ -2,8 +2,8 @@
 
 For every field: count, nulls, types, distinct values (exact up to 10,000, then a HyperLogLog estimate with
 about 0.8 % standard error, flagged `distinct_exact: false`), numeric count/min/max/mean/stddev/sum (merged
-batch by batch with Chan's formula, so no value is kept), and for strings the top values (exact until 10,000
-different values, then the most frequent 5,000 are kept and counts are lower bounds, flagged
+batch by batch with Chan's formula, so no value is kept), and for strings the top values (exact until 50,000
+different values, then the most frequent 10,000 are kept and counts are lower bounds, flagged
 `top_exact: false`) and length figures.
 """
 
@@ -11,6 +11,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
+import orjson
 from pydantic import JsonValue
 
 from libs.common.options import AnalyzeOptions
@@ -19,8 +20,8 @@ from services.executor.operations._sketch import DistinctCounter
 from services.executor.operations.base import OperationContext, OperationOutcome
 from services.executor.records import RecordStream
 
-TOP_LIMIT = 10_000
-TOP_KEEP = 5_000
+TOP_LIMIT = 50_000
+TOP_KEEP = 10_000
 
 
 @dataclass
@@ -104,32 +105,34 @@ class _Field:
     strings: _Strings = field(default_factory=_Strings)
 
     def add(self, values: list[JsonValue]) -> None:
-        present = [v for v in values if v is not None]
+        present: list[JsonValue] = [v for v in values if v is not None]
         if not present:
             return
         self.count += len(present)
-        # Most columns hold one type: count types at C speed and skip per-value checks when there is only one.
+        # Count types at C speed; most columns hold a single type, so values are split by type only when mixed.
         kinds = Counter(map(type, present))
         self.types.update({TYPE_NAMES[kind]: n for kind, n in kinds.items()})
+        by_kind: dict[type, list[JsonValue]] = {}
         if len(kinds) == 1:
-            (kind,) = kinds
-            hashables: list[object] = list(present) if kind in (str, int, float) else [_hashable(v) for v in present]
-            numbers = present if kind in (int, float) else []
-            strings = present if kind is str else []
+            by_kind[next(iter(kinds))] = present
         else:
-            hashables = [_hashable(v) for v in present]
-            numbers = [v for v in present if type(v) in (int, float)]
-            strings = [v for v in present if type(v) is str]
+            for value in present:
+                by_kind.setdefault(type(value), []).append(value)
+        hashables: list[object] = []
+        for kind, group in by_kind.items():
+            if kind in (str, int, float):
+                hashables.extend(group)
+            elif kind is bool:  # tagged: in a Python set True == 1, yet they are distinct JSON values
+                hashables.extend((True, value) for value in group)
+            else:  # objects and arrays, by their canonical JSON
+                hashables.extend(orjson.dumps(value, option=orjson.OPT_SORT_KEYS) for value in group)
+        numbers = by_kind.get(int, []) + by_kind.get(float, [])
+        strings = by_kind.get(str, [])
         self.distinct.add_many(hashables)
         if numbers:
             self.numbers.add(numbers)  # type: ignore[arg-type]
         if strings:
             self.strings.add(strings)  # type: ignore[arg-type]
-
-
-def _hashable(value: JsonValue) -> object:
-    # Tagged with bool-ness: in a Python set True == 1 and False == 0, yet they are distinct JSON values.
-    return (isinstance(value, bool), value) if not isinstance(value, dict | list) else repr(value)
 
 
 async def run(records: RecordStream, ctx: OperationContext[AnalyzeOptions]) -> OperationOutcome:
