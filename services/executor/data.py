@@ -82,7 +82,8 @@ class RecordEncoder:
         return self._csv(batch)
 
     def finish(self) -> bytes:
-        if self.format == "json" and not self.document:
+        if self.format == "json" and not (self.document and self.records):
+            # A document filtered away leaves no records: an empty array, not an empty (unreadable) output.
             return b"]" if self.records else b"[]"
         if self.format == "csv" and self._header is None:
             return b"\r\n"  # an empty CSV: a header with no columns

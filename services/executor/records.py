@@ -22,6 +22,8 @@ from services.executor.data import DataError, DataFormat
 BATCH_BYTES = 1024 * 1024
 """Records are handed to operations in batches of about this much input."""
 
+_BOM = b"\xef\xbb\xbf"
+
 
 class ByteStream(Protocol):
     def __aiter__(self) -> AsyncIterator[bytes]: ...
@@ -110,10 +112,11 @@ class RecordStream:
         head = b""
         async for chunk in chunks:
             head += chunk
-            if head.strip():
+            # Read on while the head is blank or could still be a byte order mark split across chunks.
+            if head.removeprefix(_BOM).strip() and not _BOM.startswith(head):
                 break
-        stripped = head.lstrip().removeprefix(b"\xef\xbb\xbf").lstrip()
-        if not stripped.startswith(b"["):
+        head = head.removeprefix(_BOM)  # neither ijson nor orjson accepts one
+        if not head.lstrip().startswith(b"["):
             yield [await self._whole_document(head, chunks)]
             return
         reader = _AsyncReader(head, chunks)
@@ -136,11 +139,13 @@ class RecordStream:
         async for chunk in chunks:
             size += len(chunk)
             if size > self._max_document_bytes:
-                raise DataError(
-                    f"a JSON document that is not an array is read whole, and this one is over "
-                    f"{self._max_document_bytes} bytes; give large data as an array, NDJSON or CSV"
-                )
+                break
             parts.append(chunk)
+        if size > self._max_document_bytes:  # also when the first chunk alone is over the limit
+            raise DataError(
+                f"a JSON document that is not an array is read whole, and this one is over "
+                f"{self._max_document_bytes} bytes; give large data as an array, NDJSON or CSV"
+            )
         self.stats.is_document = True
         try:
             value: JsonValue = orjson.loads(b"".join(parts))
@@ -169,14 +174,18 @@ class _AsyncReader:
 
 
 def _parse_lines(block: bytes, line_number: int) -> tuple[list[JsonValue], int]:
+    if line_number == 0:  # the first block: the data's start, where a byte order mark may be
+        block = block.removeprefix(_BOM)
     lines = [line for line in block.split(b"\n") if line.strip()]
     count = block.count(b"\n") + 1
     try:
-        # One parse of "[line,line,...]" is several times faster than a parse per line.
-        batch: list[JsonValue] = orjson.loads(b"[" + b",".join(lines) + b"]")
+        # One parse of "[[line],[line],...]" is several times faster than a parse per line. Each line is wrapped in
+        # its own brackets, so a value split over lines, or two values on one line, cannot pass for one per line.
+        wrapped: list[list[JsonValue]] = orjson.loads(b"[[" + b"],[".join(lines) + b"]]") if lines else []
+        batch: list[JsonValue] = [item[0] for item in wrapped if len(item) == 1]
     except orjson.JSONDecodeError:
         batch = []
-    if len(batch) != len(lines):  # a bad line, or a line holding more than one value: find which, line by line
+    if len(batch) != len(lines):  # a bad line somewhere: find it, line by line
         batch = []
         for number, line in enumerate(block.split(b"\n"), start=line_number + 1):
             if line.strip():
@@ -190,8 +199,12 @@ def _parse_lines(block: bytes, line_number: int) -> tuple[list[JsonValue], int]:
 def _last_record_end(text: str) -> int:
     """Index of the last newline that ends a CSV record (not one inside a quoted field), or -1."""
     cut = text.rfind("\n")
-    while cut >= 0 and text.count('"', 0, cut) % 2:
-        cut = text.rfind("\n", 0, cut)
+    quotes = text.count('"', 0, cut) if cut >= 0 else 0
+    while cut >= 0 and quotes % 2:
+        # Quotes before the previous newline, without counting from the start again: linear, not quadratic.
+        previous = text.rfind("\n", 0, cut)
+        quotes -= text.count('"', previous + 1, cut)
+        cut = previous
     return cut
 
 

@@ -45,7 +45,7 @@ class OperationRunner:
         clock = time.perf_counter()
         records: RecordStream | None = None
         try:
-            # Inside the try: S3 being unavailable here must fail the operation like anywhere else, not escape.
+            # Inside the try, so a missing or refused artifact fails the operation; S3 being down escapes (retried later).
             previous = await self._previous_success(command, key)
             if previous is not None:
                 log.info("operation.already_done", operation=command.operation)

@@ -168,11 +168,23 @@ class Upload:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if exc_type is None:
-            await self._finish()
-        elif self._upload_id is not None:
+            try:
+                await self._finish()
+            except BaseException:
+                await self._abort()  # a failed last part or completion must not leave the upload pending either
+                raise
+        else:
+            await self._abort()
+
+    async def _abort(self) -> None:
+        if self._upload_id is None:
+            return
+        try:
             await self.storage.client.abort_multipart_upload(
                 Bucket=self.storage.bucket, Key=self.key, UploadId=self._upload_id
             )
+        except (ClientError, BotoCoreError, OSError) as exc:  # the error that made us abort is the one to report
+            log.warning("storage.abort_failed", target=self.key, error=str(exc)[:200])
 
     async def write(self, data: bytes) -> None:
         self.size += len(data)

@@ -24,9 +24,16 @@ TOP_LIMIT = 50_000
 TOP_KEEP = 10_000
 
 
+_SAFE_MAGNITUDE = 2.0**400
+"""Below this, squares and sums of a batch cannot overflow a float."""
+
+
 @dataclass
 class _Numbers:
     count: int = 0
+    scale: float = 1.0
+    """mean, m2 and partial_sums are kept in units of this power of two (1 unless values near the float limit
+    are seen), so that squares and sums of such values cannot overflow."""
     mean: float = 0.0
     m2: float = 0.0
     minimum: float = math.inf
@@ -34,32 +41,42 @@ class _Numbers:
     partial_sums: list[float] = field(default_factory=list)
 
     def add(self, values: list[int | float]) -> None:
+        lowest, highest = min(values), max(values)
+        largest = max(highest, -lowest)
+        if largest > self.scale * _SAFE_MAGNITUDE:
+            scale = math.ldexp(1.0, math.frexp(largest)[1] - 1)
+            ratio = self.scale / scale
+            self.mean *= ratio
+            self.m2 *= ratio * ratio
+            self.partial_sums = [s * ratio for s in self.partial_sums]
+            self.scale = scale
+        if self.scale != 1.0:
+            values = [v / self.scale for v in values]
         n = len(values)
         batch_sum = math.fsum(values)
         batch_mean = batch_sum / n
-        if not math.isfinite(batch_mean):  # sums beyond the float range: fall back to a scaled mean
-            batch_mean = math.fsum(v / n for v in values)
         batch_m2 = math.fsum((v - batch_mean) ** 2 for v in values)
         total = self.count + n
         delta = batch_mean - self.mean
         self.mean += delta * n / total
         self.m2 += batch_m2 + delta * delta * self.count * n / total
         self.count = total
-        self.minimum = min(self.minimum, min(values))
-        self.maximum = max(self.maximum, max(values))
+        self.minimum = min(self.minimum, lowest)
+        self.maximum = max(self.maximum, highest)
         self.partial_sums.append(batch_sum)
 
     def report(self) -> dict[str, JsonValue] | None:
         if not self.count:
             return None
-        total = math.fsum(self.partial_sums)
-        stddev = math.sqrt(self.m2 / self.count) if math.isfinite(self.m2) else None
+        total = math.fsum(self.partial_sums) * self.scale
+        mean = self.mean * self.scale
+        stddev = math.sqrt(self.m2 / self.count) * self.scale
         return {
             "count": self.count,
             "min": self.minimum,
             "max": self.maximum,
-            "mean": self.mean if math.isfinite(self.mean) else None,
-            "stddev": stddev,
+            "mean": mean if math.isfinite(mean) else None,
+            "stddev": stddev if math.isfinite(stddev) else None,
             "sum": total if math.isfinite(total) else None,
         }
 

@@ -13,7 +13,9 @@ from services.executor.records import RecordStream
 
 async def run(records: RecordStream, ctx: OperationContext[EnrichOptions]) -> OperationOutcome:
     kinds: dict[str, Counter[str]] = {}
+    objects = 0
     async for batch in records.batches():
+        objects += sum(isinstance(record, dict) for record in batch)
         for name, values in columns(batch).items():
             counter = kinds.get(name)
             if counter is None:
@@ -22,6 +24,9 @@ async def run(records: RecordStream, ctx: OperationContext[EnrichOptions]) -> Op
     total = records.stats.record_count
     fields: dict[str, JsonValue] = {}
     for name, counter in kinds.items():
+        missing = objects - sum(counter.values())
+        if missing:  # an object record without the field counts as a null, as it did before streaming
+            counter["null"] += missing
         non_null = [kind for kind in counter if kind != "null"]
         fields[name] = {
             "type": non_null[0] if len(non_null) == 1 else ("mixed" if non_null else "null"),

@@ -10,7 +10,8 @@ from services.executor.service import OperationRunner
 from services.executor.storage import Storage
 
 EXECUTOR_ID = "executor-it"
-MAX_INPUT_BYTES = 64 * 1024
+MAX_DOCUMENT_BYTES = 64 * 1024
+PRESIGN_EXPIRY = 600
 
 
 @pytest.fixture(scope="session")
@@ -31,9 +32,9 @@ async def s3(s3_settings: S3Settings) -> AsyncIterator[S3Client]:
 
 @pytest.fixture
 def storage(s3: S3Client, bucket: str) -> Storage:
-    return Storage(s3, bucket, attempts=2, backoff_seconds=0.01, presign_expiry=600)
+    return Storage(s3, bucket, attempts=2, backoff_seconds=0.01, presign_expiry=PRESIGN_EXPIRY)
 
 
 @pytest.fixture
 def runner(storage: Storage) -> OperationRunner:
-    return OperationRunner(storage, executor_id=EXECUTOR_ID, max_input_bytes=MAX_INPUT_BYTES)
+    return OperationRunner(storage, executor_id=EXECUTOR_ID, max_document_bytes=MAX_DOCUMENT_BYTES)

@@ -4,76 +4,38 @@ import csv
 import hashlib
 import io
 from datetime import datetime
-from typing import Any
 from uuid import uuid4
 
 import httpx
 import orjson
 import pytest
-from botocore.exceptions import ClientError
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
 from pydantic import JsonValue
 from types_aiobotocore_s3 import S3Client
 
 from libs.common.domain import Operation
-from libs.common.events import OperationCompletedV1, OperationFailedV1, RunOperationV1
-from libs.common.s3 import parse_s3_url, s3_client
 from libs.common.settings import S3Settings
+from services.executor.records import BATCH_BYTES
 from services.executor.service import ARTIFACT_SCHEMA_VERSION, OperationRunner
-from services.executor.storage import Storage
-from tests.integration.executor.conftest import EXECUTOR_ID, MAX_INPUT_BYTES
+from services.executor.storage import Storage, StorageUnavailableError
+from tests.integration.executor._s3 import (
+    command,
+    completed_of,
+    exists,
+    failed_of,
+    following,
+    read,
+    read_json,
+    upload,
+)
+from tests.integration.executor.conftest import EXECUTOR_ID, MAX_DOCUMENT_BYTES, PRESIGN_EXPIRY
 
 PEOPLE: list[JsonValue] = [
     {"Name": " Ann ", "age": 31, "city": "Oslo"},
     {"Name": "Bob", "age": 42, "city": "Oslo"},
     {"Name": "Cid", "age": 17, "city": "Rome"},
 ]
-
-
-def identifier() -> str:
-    return f"it-exec-{uuid4().hex}"
-
-
-def command(operation: str, *, index: int = 0, total: int = 1, **fields: Any) -> RunOperationV1:
-    values: dict[str, Any] = {"object_id": uuid4(), "task_id": uuid4(), "identifier": identifier()}
-    return RunOperationV1(operation=Operation(operation), index=index, total=total, **(values | fields))
-
-
-async def read(s3: S3Client, url: str) -> tuple[bytes, str]:
-    bucket, key = parse_s3_url(url)
-    response = await s3.get_object(Bucket=bucket, Key=key)
-    async with response["Body"] as body:
-        return await body.read(), response["ContentType"]
-
-
-async def read_json(s3: S3Client, url: str) -> Any:
-    raw, _ = await read(s3, url)
-    return orjson.loads(raw)
-
-
-async def exists(s3: S3Client, bucket: str, key: str) -> bool:
-    try:
-        await s3.head_object(Bucket=bucket, Key=key)
-    except ClientError:
-        return False
-    return True
-
-
-async def upload(s3: S3Client, bucket: str, key: str, body: bytes, content_type: str | None = None) -> str:
-    if content_type:
-        await s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
-    else:
-        await s3.put_object(Bucket=bucket, Key=key, Body=body)
-    return f"s3://{bucket}/{key}"
-
-
-def completed_of(result: OperationCompletedV1 | OperationFailedV1) -> OperationCompletedV1:
-    assert isinstance(result, OperationCompletedV1), getattr(result, "error", result)
-    return result
-
-
-def failed_of(result: OperationCompletedV1 | OperationFailedV1) -> OperationFailedV1:
-    assert isinstance(result, OperationFailedV1), result
-    return result
 
 
 @pytest.mark.parametrize("operation", [op.value for op in Operation])
@@ -113,6 +75,7 @@ async def test_run_stores_an_artifact_with_checksum_and_timing_for_an_inline_pay
         "format": "json",
         "size_bytes": len(payload_bytes),
         "sha256": hashlib.sha256(payload_bytes).hexdigest(),
+        "record_count": len(PEOPLE),
     }
     started_at = datetime.fromisoformat(artifact["started_at"])
     finished_at = datetime.fromisoformat(artifact["finished_at"])
@@ -147,14 +110,48 @@ async def test_transform_stores_its_output_and_returns_its_url(
 
     result = completed_of(await runner.run(cmd))
 
+    assert result.output_url == f"s3://{bucket}/{cmd.identifier}/transform_output.ndjson"
+    assert result.output_format == "ndjson"
+    output, content_type = await read(s3, result.output_url)
+    assert content_type == "application/x-ndjson"
+    assert [orjson.loads(line) for line in output.splitlines()] == PEOPLE[:2]
+    artifact = await read_json(s3, result.s3_url)
+    assert artifact["output_url"] == result.output_url
+    assert artifact["output_format"] == "ndjson"
+    assert artifact["result"]["records_out"] == 2
+    assert artifact["result"]["output"] == {
+        "url": result.output_url,
+        "format": "ndjson",
+        "size_bytes": len(output),
+        "sha256": hashlib.sha256(output).hexdigest(),
+    }
+
+
+async def test_transform_keeps_a_single_document_a_json_document(
+    runner: OperationRunner, s3: S3Client, bucket: str
+) -> None:
+    cmd = command("transform", payload={"First Name": " Ann "})
+    result = completed_of(await runner.run(cmd))
     assert result.output_url == f"s3://{bucket}/{cmd.identifier}/transform_output.json"
     assert result.output_format == "json"
     output, content_type = await read(s3, result.output_url)
     assert content_type == "application/json"
-    assert orjson.loads(output) == PEOPLE[:2]
-    artifact = await read_json(s3, result.s3_url)
-    assert artifact["output_url"] == result.output_url
-    assert artifact["result"]["records_out"] == 2
+    assert orjson.loads(output) == {"first_name": "Ann"}
+
+
+async def test_transform_output_stays_readable_when_its_filter_drops_a_document(
+    runner: OperationRunner, s3: S3Client
+) -> None:
+    cmd = command(
+        "transform", total=2, payload={"age": 3}, options={"steps": [{"op": "filter", "expression": "age > `5`"}]}
+    )
+    transformed = completed_of(await runner.run(cmd))
+    assert transformed.output_url is not None
+    assert (await read(s3, transformed.output_url))[0] == b"[]"
+
+    analyze = completed_of(await runner.run(following(cmd, transformed, "analyze")))
+
+    assert (await read_json(s3, analyze.s3_url))["result"]["record_count"] == 0
 
 
 async def test_run_reads_an_ndjson_source_whose_format_comes_from_its_key(
@@ -172,6 +169,7 @@ async def test_run_reads_an_ndjson_source_whose_format_comes_from_its_key(
         "format": "ndjson",
         "size_bytes": len(raw),
         "sha256": hashlib.sha256(raw).hexdigest(),
+        "record_count": 3,
     }
     assert artifact["result"]["record_count"] == 3
     assert artifact["result"]["fields"]["age"]["numeric"]["max"] == 42.0
@@ -194,7 +192,12 @@ async def test_run_reads_a_csv_source_in_the_format_the_command_names(
     result = completed_of(await runner.run(cmd))
 
     assert result.output_url is not None
-    assert await read_json(s3, result.output_url) == [{"name": "Ann", "age": 31}, {"name": "Bob", "age": 42}]
+    assert result.output_format == "ndjson"
+    output, _ = await read(s3, result.output_url)
+    assert [orjson.loads(line) for line in output.splitlines()] == [
+        {"name": "Ann", "age": 31},
+        {"name": "Bob", "age": 42},
+    ]
     artifact = await read_json(s3, result.s3_url)
     assert artifact["input"]["format"] == "csv"
 
@@ -271,26 +274,49 @@ async def test_run_fails_when_the_source_is_not_an_s3_url(runner: OperationRunne
 
 
 @pytest.mark.parametrize(
-    ("raw", "message"),
+    ("name", "raw", "message"),
     [
-        (b'[{"a": 1},', "data is not valid JSON"),
-        (b'{"a": "\xff"}', "not UTF-8 text"),
+        ("bad.json", b'[{"a": 1},', "data is not valid JSON"),
+        ("bad.json", b'{"a": "\xff"}', "not valid UTF-8"),
+        ("bad.json", b'[{"a": "\xff"}]', "invalid bytes in UTF8"),
+        ("bad.ndjson", b'{"a": 1}\n{"a": \n', "NDJSON line 2 is not valid JSON"),
+        ("bad.csv", b"a,b\n1,\xff\n", "CSV is not UTF-8 text"),
+        ("bad.csv", b"a,b\n1,2,3\n", "a CSV row has 3 cells but the header has 2"),
     ],
 )
 async def test_run_fails_naming_the_problem_when_the_source_cannot_be_parsed(
-    runner: OperationRunner, s3: S3Client, bucket: str, raw: bytes, message: str
+    runner: OperationRunner, s3: S3Client, bucket: str, name: str, raw: bytes, message: str
 ) -> None:
-    url = await upload(s3, bucket, f"sources/{uuid4().hex}/bad.json", raw)
-    result = failed_of(await runner.run(command("analyze", data_url=url)))
+    url = await upload(s3, bucket, f"sources/{uuid4().hex}/{name}", raw)
+    cmd = command("analyze", data_url=url)
+    result = failed_of(await runner.run(cmd))
     assert message in result.error
+    assert not await exists(s3, bucket, f"{cmd.identifier}/analyze_result.json")
 
 
-async def test_run_fails_when_the_source_is_over_the_size_limit(
+async def test_run_fails_when_a_document_source_is_over_the_size_limit(
     runner: OperationRunner, s3: S3Client, bucket: str
 ) -> None:
-    url = await upload(s3, bucket, f"sources/{uuid4().hex}/big.json", b"[" + b"1," * MAX_INPUT_BYTES + b"1]")
+    body = orjson.dumps({"values": [1] * MAX_DOCUMENT_BYTES})
+    url = await upload(s3, bucket, f"sources/{uuid4().hex}/big.json", body)
     result = failed_of(await runner.run(command("analyze", data_url=url)))
-    assert f"the limit is {MAX_INPUT_BYTES}" in result.error
+    assert f"over {MAX_DOCUMENT_BYTES} bytes" in result.error
+
+
+async def test_run_streams_an_array_source_over_the_document_size_limit(
+    runner: OperationRunner, s3: S3Client, bucket: str
+) -> None:
+    body = b"[" + b"1," * MAX_DOCUMENT_BYTES + b"1]"
+    url = await upload(s3, bucket, f"sources/{uuid4().hex}/big.json", body)
+    result = completed_of(await runner.run(command("analyze", data_url=url)))
+    artifact = await read_json(s3, result.s3_url)
+    assert artifact["result"]["record_count"] == MAX_DOCUMENT_BYTES + 1
+    assert artifact["input"]["size_bytes"] == len(body)
+
+
+async def test_run_fails_naming_an_operation_that_is_not_installed(runner: OperationRunner) -> None:
+    result = failed_of(await runner.run(command("frobnicate", payload=PEOPLE)))
+    assert result.error == "no operation named 'frobnicate' is installed on this executor"
 
 
 async def test_run_fails_naming_the_option_when_options_are_invalid(runner: OperationRunner) -> None:
@@ -328,7 +354,7 @@ async def test_export_writes_the_data_in_the_format_asked_and_a_presigned_url(
 
     result = completed_of(await runner.run(cmd))
 
-    assert result.output_url is None
+    assert (result.output_url, result.output_format) == (None, None)
     export_url = f"s3://{bucket}/{cmd.identifier}/export.{fmt}"
     body, stored_type = await read(s3, export_url)
     assert stored_type == content_type
@@ -338,7 +364,8 @@ async def test_export_writes_the_data_in_the_format_asked_and_a_presigned_url(
     assert artifact["result"]["record_count"] == 2
     assert artifact["result"]["size_bytes"] == len(body)
     assert artifact["result"]["sha256"] == hashlib.sha256(body).hexdigest()
-    assert artifact["result"]["presigned_url_expires_in"] == 600
+    assert artifact["result"]["presigned_url_expires_in"] == PRESIGN_EXPIRY
+    assert artifact["result"]["dropped_fields"] == []
     async with httpx.AsyncClient() as http:
         response = await http.get(artifact["result"]["presigned_url"])
     assert response.status_code == 200
@@ -351,14 +378,55 @@ async def test_export_writes_the_data_in_the_format_asked_and_a_presigned_url(
     assert body == expected
 
 
-async def test_run_fails_with_s3_unavailable_when_the_endpoint_is_unreachable(bucket: str) -> None:
+async def test_run_raises_s3_unavailable_when_the_endpoint_is_unreachable(bucket: str) -> None:
+    # Not a failed result: the command stays pending, to be run again once S3 is back.
     settings = S3Settings(s3_endpoint_url="http://127.0.0.1:1", s3_bucket=bucket)
-    async with s3_client(settings) as client:
-        storage = Storage(client, bucket, attempts=2, backoff_seconds=0.01, presign_expiry=600)
-        runner = OperationRunner(storage, executor_id=EXECUTOR_ID, max_input_bytes=MAX_INPUT_BYTES)
-        cmd = command("analyze", payload=PEOPLE)
+    # botocore's own retries (with their backoff of seconds) add nothing here: Storage's attempts are the subject.
+    config = AioConfig(retries={"max_attempts": 1}, connect_timeout=1)
+    async with get_session().create_client(
+        "s3",
+        region_name=settings.s3_region,
+        endpoint_url=settings.s3_endpoint_url,
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        config=config,
+    ) as client:
+        storage = Storage(client, bucket, attempts=2, backoff_seconds=0.01, presign_expiry=PRESIGN_EXPIRY)
+        runner = OperationRunner(storage, executor_id=EXECUTOR_ID, max_document_bytes=MAX_DOCUMENT_BYTES)
 
-        result = failed_of(await runner.run(cmd))
+        with pytest.raises(StorageUnavailableError, match=r"^S3 unavailable after 2 attempts"):
+            await runner.run(command("analyze", payload=PEOPLE))
 
-    assert result.error.startswith("S3 unavailable after 2 attempts")
-    assert (result.object_id, result.task_id) == (cmd.object_id, cmd.task_id)
+
+async def test_run_fails_when_the_operation_outlasts_the_timeout(storage: Storage, s3: S3Client, bucket: str) -> None:
+    body = b"".join(orjson.dumps({"id": i, "text": f"record {i}"}) + b"\n" for i in range(200_000))
+    url = await upload(s3, bucket, f"sources/{uuid4().hex}/slow.ndjson", body)
+    runner = OperationRunner(storage, EXECUTOR_ID, MAX_DOCUMENT_BYTES, timeout_seconds=0.05)
+    cmd = command("analyze", data_url=url)
+
+    result = failed_of(await runner.run(cmd))
+
+    assert result.error == "timed out after 0.05 s"
+    assert not await exists(s3, bucket, f"{cmd.identifier}/analyze_result.json")
+
+
+async def test_export_to_csv_lists_the_fields_it_could_not_write(
+    runner: OperationRunner, s3: S3Client, bucket: str
+) -> None:
+    # The CSV header is the first batch's fields: a field first seen in a later batch is dropped.
+    early = [{"id": i, "name": f"n{i}"} for i in range(60_000)]
+    late = [{"id": -1, "name": "late", "extra": "x"}]
+    body = b"".join(orjson.dumps(record) + b"\n" for record in early + late)
+    assert len(body) > BATCH_BYTES
+    url = await upload(s3, bucket, f"sources/{uuid4().hex}/people.ndjson", body)
+
+    result = completed_of(await runner.run(command("export", data_url=url, options={"format": "csv"})))
+
+    artifact = await read_json(s3, result.s3_url)
+    assert artifact["result"]["dropped_fields"] == ["extra"]
+    assert artifact["result"]["record_count"] == len(early) + 1
+    exported, _ = await read(s3, artifact["result"]["url"])
+    rows = list(csv.reader(io.StringIO(exported.decode(), newline="")))
+    assert rows[0] == ["id", "name"]
+    assert rows[-1] == ["-1", "late"]
+    assert len(rows) == len(early) + 2

@@ -1,18 +1,27 @@
-"""The analyze operation: per-field counts, numeric statistics and the most frequent strings."""
+"""The analyze operation: per-field counts, numeric statistics and the most frequent strings, in one pass."""
 
+import statistics
+
+import orjson
 import pytest
 from pydantic import JsonValue
 
 from libs.common.options import AnalyzeOptions
-from services.executor.data import Dataset
-from services.executor.operations.analyze import run
-from tests.unit.executor._context import make_context
+from services.executor.operations._sketch import EXACT_LIMIT
+from services.executor.operations.analyze import TOP_LIMIT, run
+from services.executor.records import RecordStream
+from tests.unit.executor._context import make_context, records_of, stream_of
+
+
+async def analyze_stream(records: RecordStream, opts: AnalyzeOptions | None = None) -> dict[str, JsonValue]:
+    outcome = await run(records, make_context(opts or AnalyzeOptions()))
+    assert outcome.output_url is None
+    assert outcome.output_format is None
+    return outcome.result
 
 
 async def analyze(records: list[JsonValue], opts: AnalyzeOptions | None = None) -> dict[str, JsonValue]:
-    outcome = await run(Dataset(records=records), make_context(opts or AnalyzeOptions()))
-    assert outcome.output is None
-    return outcome.result
+    return await analyze_stream(records_of(records), opts)
 
 
 def field(result: dict[str, JsonValue], name: str) -> dict[str, JsonValue]:
@@ -21,6 +30,10 @@ def field(result: dict[str, JsonValue], name: str) -> dict[str, JsonValue]:
     stats = fields[name]
     assert isinstance(stats, dict)
     return stats
+
+
+def ndjson(records: list[JsonValue]) -> bytes:
+    return b"".join(orjson.dumps(record) + b"\n" for record in records)
 
 
 async def test_analyze_computes_numeric_statistics() -> None:
@@ -46,6 +59,7 @@ async def test_analyze_leaves_booleans_out_of_numeric_statistics() -> None:
 async def test_analyze_counts_a_boolean_and_an_equal_number_as_distinct() -> None:
     stats = field(await analyze([{"x": True}, {"x": 1}, {"x": 1.0}, {"x": False}, {"x": 0}]), "x")
     assert stats["distinct"] == 4  # true, 1 (== 1.0), false, 0
+    assert stats["distinct_exact"] is True
 
 
 async def test_analyze_lists_top_strings_by_frequency_with_lengths() -> None:
@@ -54,6 +68,7 @@ async def test_analyze_lists_top_strings_by_frequency_with_lengths() -> None:
     assert stats["string"] == {
         "count": 6,
         "top": [{"value": "red", "count": 3}, {"value": "blue", "count": 2}],
+        "top_exact": True,
         "length": {"min": 3, "max": 5, "mean": pytest.approx(22 / 6)},
     }
     assert stats["numeric"] is None
@@ -88,13 +103,20 @@ async def test_analyze_summarises_the_whole_dataset() -> None:
     assert result["record_count"] == 4
     assert result["field_count"] == 2
     assert result["non_object_records"] == 2
-    assert result["distinct_method"] == "exact"
+    assert field(result, "a")["distinct_exact"] is True
+    assert field(result, "b")["distinct_exact"] is True
 
 
 async def test_analyze_handles_an_empty_dataset() -> None:
     result = await analyze([])
     assert result["record_count"] == 0
     assert result["fields"] == {}
+
+
+async def test_analyze_treats_a_single_document_as_one_record() -> None:
+    result = await analyze_stream(stream_of(b'{"a": 1, "b": "x"}'))
+    assert result["record_count"] == 1
+    assert field(result, "a")["count"] == 1
 
 
 async def test_analyze_keeps_statistics_finite_when_values_are_near_the_float_limit() -> None:
@@ -108,3 +130,48 @@ async def test_analyze_reports_no_sum_when_it_exceeds_the_float_range() -> None:
     assert numeric["sum"] is None
     assert numeric["mean"] == 1.5e308
     assert numeric["stddev"] == 0.0
+
+
+async def test_analyze_merges_batches_into_the_statistics_of_the_whole() -> None:
+    values = [((i * 7919) % 10007) / 7 - 500 for i in range(20_000)]
+    records: list[JsonValue] = [{"x": v, "s": f"v{i % 13}" * (i % 5 + 1)} for i, v in enumerate(values)]
+    data = ndjson(records)
+
+    many = await analyze_stream(stream_of(data, "ndjson", chunk_size=4096))  # a batch per 4 KiB chunk
+    one = await analyze_stream(stream_of(data, "ndjson", chunk_size=len(data)))
+
+    numeric = field(many, "x")["numeric"]
+    assert numeric == {
+        "count": len(values),
+        "min": min(values),
+        "max": max(values),
+        "mean": pytest.approx(statistics.fmean(values), rel=1e-12),
+        "stddev": pytest.approx(statistics.pstdev(values), rel=1e-9),
+        "sum": pytest.approx(sum(values), rel=1e-12),
+    }
+    assert numeric == pytest.approx(field(one, "x")["numeric"], rel=1e-9)
+    assert field(many, "s") == field(one, "s")
+
+
+async def test_analyze_estimates_distinct_values_beyond_the_exact_limit() -> None:
+    count = EXACT_LIMIT * 5
+    records: list[JsonValue] = [{"id": i, "group": i % 7} for i in range(count)]
+    result = await analyze_stream(stream_of(ndjson(records), "ndjson", chunk_size=64 * 1024))
+    ids, groups = field(result, "id"), field(result, "group")
+    assert ids["distinct_exact"] is False
+    distinct = ids["distinct"]
+    assert isinstance(distinct, int)
+    assert abs(distinct - count) / count < 0.03
+    assert (groups["distinct"], groups["distinct_exact"]) == (7, True)
+
+
+async def test_analyze_keeps_the_most_frequent_strings_once_there_are_too_many_to_count_exactly() -> None:
+    unique: list[JsonValue] = [{"s": f"unique-{i}"} for i in range(TOP_LIMIT + 100)]
+    common: list[JsonValue] = [{"s": "common"}, {"s": "runner-up"}, {"s": "common"}] * 500
+    data = ndjson(common[:300] + unique + common[300:])
+    stats = field(await analyze_stream(stream_of(data, "ndjson", chunk_size=256 * 1024), AnalyzeOptions(top=2)), "s")
+    string = stats["string"]
+    assert isinstance(string, dict)
+    assert string["top_exact"] is False
+    assert string["top"] == [{"value": "common", "count": 1000}, {"value": "runner-up", "count": 500}]
+    assert string["count"] == TOP_LIMIT + 100 + 1500

@@ -1,4 +1,4 @@
-"""services.executor.data: parsing, serialising and format detection of an object's data."""
+"""services.executor.data: format detection, and RecordEncoder writing records batch by batch."""
 
 import csv
 import io
@@ -7,122 +7,115 @@ import orjson
 import pytest
 from pydantic import JsonValue
 
-from services.executor.data import DataError, DataFormat, Dataset, detect_format, parse, serialize
+from services.executor.data import DataFormat, RecordEncoder, detect_format, field_names
+from services.executor.records import RecordStream, chunks_of
 
 RECORDS: list[JsonValue] = [{"id": 1, "name": "Ann", "tags": ["a"]}, {"id": 2, "name": "Bob", "tags": []}]
 
 
-class TestParse:
-    def test_parse_returns_records_when_json_is_an_array(self) -> None:
-        dataset = parse(orjson.dumps(RECORDS), "json")
-        assert dataset.records == RECORDS
-        assert not dataset.is_document
-        assert dataset.value() == RECORDS
-
-    def test_parse_returns_one_document_when_json_is_an_object(self) -> None:
-        dataset = parse(b'{"a": {"b": 1}}', "json")
-        assert dataset.records == [{"a": {"b": 1}}]
-        assert dataset.is_document
-        assert dataset.value() == {"a": {"b": 1}}
-
-    def test_parse_accepts_a_scalar_json_document(self) -> None:
-        dataset = parse(b"42", "json")
-        assert dataset.is_document
-        assert dataset.value() == 42
-
-    def test_parse_skips_a_utf8_byte_order_mark(self) -> None:
-        assert parse(b'\xef\xbb\xbf{"a": 1}', "json").value() == {"a": 1}
-
-    def test_parse_reads_one_record_per_line_when_ndjson(self) -> None:
-        raw = b'{"id": 1}\n\n{"id": 2}\r\n  \n{"id": 3}'
-        assert parse(raw, "ndjson").records == [{"id": 1}, {"id": 2}, {"id": 3}]
-
-    def test_parse_keeps_line_separator_characters_inside_ndjson_strings(self) -> None:
-        # orjson (like most JSON writers) emits U+2028 and U+0085 raw; they are not NDJSON line breaks.
-        records: list[JsonValue] = [{"text": "a\u2028b"}, {"text": "c\x85d"}]
-        raw = b"".join(orjson.dumps(record) + b"\n" for record in records)
-        assert parse(raw, "ndjson").records == records
-
-    def test_parse_returns_string_cells_keyed_by_header_when_csv(self) -> None:
-        raw = b'id,name,note\n1,Ann,"x, y"\n2,Bob,"line\nbreak"\n'
-        assert parse(raw, "csv").records == [
-            {"id": "1", "name": "Ann", "note": "x, y"},
-            {"id": "2", "name": "Bob", "note": "line\nbreak"},
-        ]
-
-    def test_parse_returns_no_records_when_csv_has_only_a_header(self) -> None:
-        dataset = parse(b"id,name\n", "csv")
-        assert dataset.records == []
-        assert not dataset.is_document
-
-    def test_parse_raises_data_error_when_csv_row_has_more_cells_than_header(self) -> None:
-        with pytest.raises(DataError, match="CSV line 3 has more cells than the header"):
-            parse(b"a,b\n1,2\n3,4,5\n", "csv")
-
-    @pytest.mark.parametrize("fmt", ["json", "ndjson", "csv"])
-    def test_parse_raises_data_error_naming_the_byte_when_not_utf8(self, fmt: DataFormat) -> None:
-        with pytest.raises(DataError, match=r"not UTF-8 text \(byte 5\)"):
-            parse(b'{"a":\xff}', fmt)
-
-    def test_parse_raises_data_error_when_json_is_malformed(self) -> None:
-        with pytest.raises(DataError, match="data is not valid JSON") as caught:
-            parse(b'{"a": 1,', "json")
-        assert caught.value.__cause__ is None  # the message says it all; no decoder traceback attached
-
-    def test_parse_raises_data_error_naming_the_line_when_ndjson_line_is_malformed(self) -> None:
-        with pytest.raises(DataError, match="line 3 is not valid JSON"):
-            parse(b'{"a": 1}\n{"a": 2}\n{"a": \n', "ndjson")
-
-    def test_data_error_is_a_value_error(self) -> None:
-        assert issubclass(DataError, ValueError)
+def encode(fmt: DataFormat, *batches: list[JsonValue], document: bool = False) -> bytes:
+    encoder = RecordEncoder(fmt, document=document)
+    return b"".join(encoder.encode(batch) for batch in batches) + encoder.finish()
 
 
-class TestSerialize:
-    def test_serialize_json_round_trips_records(self) -> None:
-        dataset = Dataset(records=list(RECORDS))
-        assert orjson.loads(serialize(dataset, "json")) == RECORDS
+async def read_back(data: bytes, fmt: DataFormat, chunk_size: int = 3) -> tuple[list[JsonValue], RecordStream]:
+    stream = RecordStream(chunks_of(data, chunk_size), fmt, max_document_bytes=1024 * 1024)
+    records = [record async for batch in stream.batches() for record in batch]
+    return records, stream
 
-    def test_serialize_json_writes_the_document_not_a_list_when_document(self) -> None:
-        assert orjson.loads(serialize(Dataset.of({"a": 1}), "json")) == {"a": 1}
 
-    def test_serialize_ndjson_writes_one_line_per_record(self) -> None:
-        body = serialize(Dataset(records=list(RECORDS)), "ndjson")
+def csv_rows(data: bytes) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(data.decode(), newline="")))
+
+
+class TestRecordEncoder:
+    def test_json_writes_one_array_across_batches(self) -> None:
+        assert orjson.loads(encode("json", RECORDS[:1], [], RECORDS[1:])) == RECORDS
+        assert encode("json", RECORDS) == orjson.dumps(RECORDS)
+
+    def test_json_writes_the_document_not_a_list_when_document(self) -> None:
+        assert orjson.loads(encode("json", [{"a": 1}], document=True)) == {"a": 1}
+
+    async def test_a_document_with_no_record_left_is_an_empty_array(self) -> None:
+        body = encode("json", [], document=True)  # transform filtered the document away
+        assert body == b"[]"
+        assert (await read_back(body, "json"))[0] == []
+
+    def test_ndjson_writes_one_line_per_record(self) -> None:
+        body = encode("ndjson", RECORDS[:1], RECORDS[1:])
         assert body.endswith(b"\n")
         assert [orjson.loads(line) for line in body.splitlines()] == RECORDS
-        assert parse(body, "ndjson").records == RECORDS
 
-    def test_serialize_csv_writes_the_union_of_fields_as_header(self) -> None:
-        dataset = Dataset(records=[{"a": 1, "b": "x"}, {"b": "y", "c": 2.5}])
-        rows = list(csv.reader(io.StringIO(serialize(dataset, "csv").decode(), newline="")))
-        assert rows == [["a", "b", "c"], ["1", "x", ""], ["", "y", "2.5"]]
+    def test_csv_writes_the_fields_of_the_first_batch_as_header(self) -> None:
+        body = encode("csv", [{"a": 1, "b": "x"}, {"b": "y", "c": 2.5}])
+        assert csv_rows(body) == [["a", "b", "c"], ["1", "x", ""], ["", "y", "2.5"]]
 
-    def test_serialize_csv_renders_null_bool_and_nested_values(self) -> None:
-        dataset = Dataset(records=[{"n": None, "t": True, "f": False, "list": [1, "a"], "obj": {"k": 1}}])
-        rows = list(csv.DictReader(io.StringIO(serialize(dataset, "csv").decode(), newline="")))
+    def test_csv_renders_null_bool_and_nested_values(self) -> None:
+        body = encode("csv", [{"n": None, "t": True, "f": False, "list": [1, "a"], "obj": {"k": 1}}])
+        rows = list(csv.DictReader(io.StringIO(body.decode(), newline="")))
         assert rows == [{"n": "", "t": "true", "f": "false", "list": '[1,"a"]', "obj": '{"k":1}'}]
 
-    def test_serialize_csv_writes_non_object_records_to_a_value_column(self) -> None:
-        dataset = Dataset(records=[{"a": 1}, 2, "three"])
-        rows = list(csv.DictReader(io.StringIO(serialize(dataset, "csv").decode(), newline="")))
+    def test_csv_writes_non_object_records_to_a_value_column(self) -> None:
+        body = encode("csv", [{"a": 1}, 2, "three"])
+        rows = list(csv.DictReader(io.StringIO(body.decode(), newline="")))
         assert rows == [{"a": "1", "value": ""}, {"a": "", "value": "2"}, {"a": "", "value": "three"}]
 
-    def test_serialize_csv_round_trips_through_parse_as_strings(self) -> None:
-        dataset = Dataset(records=[{"id": 1, "name": "Ann, Jr."}, {"id": 2, "name": 'say "hi"'}])
-        assert parse(serialize(dataset, "csv"), "csv").records == [
-            {"id": "1", "name": "Ann, Jr."},
-            {"id": "2", "name": 'say "hi"'},
+    def test_csv_lists_fields_first_seen_after_the_first_batch_as_dropped(self) -> None:
+        encoder = RecordEncoder("csv")
+        body = encoder.encode([{"a": 1}]) + encoder.encode([{"a": 2, "late": "x"}, {"b": 3, "late": "y"}])
+        body += encoder.finish()
+        assert csv_rows(body) == [["a"], ["1"], ["2"], [""]]
+        assert encoder.dropped_fields == {"late", "b"}
+        assert encoder.records == 3
+
+    def test_csv_drops_nothing_when_every_field_is_in_the_header(self) -> None:
+        encoder = RecordEncoder("csv")
+        encoder.encode([{"a": 1, "b": 2}])
+        encoder.encode([{"b": 3}])
+        assert encoder.dropped_fields == set()
+
+    @pytest.mark.parametrize(("fmt", "expected"), [("json", b"[]"), ("ndjson", b""), ("csv", b"\r\n")])
+    def test_no_records_encode_to_an_empty_output(self, fmt: DataFormat, expected: bytes) -> None:
+        encoder = RecordEncoder(fmt)
+        assert encoder.encode([]) + encoder.finish() == expected
+        assert encoder.records == 0
+
+    @pytest.mark.parametrize("fmt", ["json", "ndjson", "csv"])
+    async def test_no_records_read_back_as_no_records(self, fmt: DataFormat) -> None:
+        records, stream = await read_back(encode(fmt, []), fmt)
+        assert records == []
+        assert stream.stats.record_count == 0
+
+    @pytest.mark.parametrize("fmt", ["json", "ndjson"])
+    async def test_records_round_trip_through_a_record_stream(self, fmt: DataFormat) -> None:
+        records: list[JsonValue] = [
+            {"id": i, "name": f"Zoë {i}", "nested": {"list": [i, None, True]}, "ratio": i / 7} for i in range(500)
+        ]
+        records += ["text", 3, None, [1, 2]]
+        body = encode(fmt, records[:100], records[100:101], records[101:])
+        assert (await read_back(body, fmt))[0] == records
+
+    async def test_csv_round_trips_through_a_record_stream_as_strings(self) -> None:
+        records: list[JsonValue] = [
+            {"id": 1, "name": "Ann, Jr.", "note": "two\nlines"},
+            {"id": 2, "name": 'say "hi"', "note": "東京 🙂"},
+        ]
+        body = encode("csv", records[:1], records[1:])
+        assert (await read_back(body, "csv", chunk_size=1))[0] == [
+            {"id": "1", "name": "Ann, Jr.", "note": "two\nlines"},
+            {"id": "2", "name": 'say "hi"', "note": "東京 🙂"},
         ]
 
+    async def test_a_document_round_trips_as_a_document(self) -> None:
+        body = encode("json", [{"a": {"b": [1, 2]}}], document=True)
+        records, stream = await read_back(body, "json")
+        assert records == [{"a": {"b": [1, 2]}}]
+        assert stream.stats.is_document
 
-class TestDataset:
+
+class TestFieldNames:
     def test_field_names_keep_first_seen_order_and_skip_non_objects(self) -> None:
-        dataset = Dataset(records=[{"b": 1, "a": 2}, 3, {"c": 4, "a": 5}])
-        assert dataset.field_names() == ["b", "a", "c"]
-
-    def test_of_wraps_a_list_as_records(self) -> None:
-        dataset = Dataset.of([1, 2])
-        assert dataset.records == [1, 2]
-        assert not dataset.is_document
+        assert field_names([{"b": 1, "a": 2}, 3, {"c": 4, "a": 5}]) == ["b", "a", "c"]
 
 
 class TestDetectFormat:

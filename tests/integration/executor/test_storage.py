@@ -1,0 +1,186 @@
+"""Storage against an S3 endpoint: streamed reads, and uploads of any size that never leave a partial object."""
+
+import hashlib
+import os
+from typing import Any, cast
+from uuid import uuid4
+
+import pytest
+from botocore.exceptions import ClientError
+from types_aiobotocore_s3 import S3Client
+
+from services.executor.storage import (
+    PART_SIZE,
+    ObjectMissingError,
+    Storage,
+    StorageRefusedError,
+    StorageUnavailableError,
+)
+from tests.integration.executor._s3 import exists, pending_uploads, read, upload
+
+
+def key() -> str:
+    return f"it-storage/{uuid4().hex}/object.bin"
+
+
+def payload(size: int) -> bytes:
+    return os.urandom(size)
+
+
+async def write_then_fail(storage: Storage, name: str, size: int, error: str) -> None:
+    async with storage.upload(name, "application/x-ndjson") as upload_:
+        await upload_.write(payload(size))
+        raise RuntimeError(error)
+
+
+class FailingClient:
+    """The real client, except for the calls named, which fail as S3 would."""
+
+    def __init__(self, client: S3Client, failing: set[str], status: int = 500) -> None:
+        self._client = client
+        self._failing = failing
+        self._status = status
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._failing:
+
+            async def fail(**kwargs: Any) -> None:
+                error = {"Error": {"Code": "InternalError"}, "ResponseMetadata": {"HTTPStatusCode": self._status}}
+                raise ClientError(error, name)  # type: ignore[arg-type]
+
+            return fail
+        return getattr(self._client, name)
+
+
+def failing_storage(storage: Storage, *calls: str) -> Storage:
+    client = cast(S3Client, FailingClient(storage.client, set(calls)))
+    return Storage(client, storage.bucket, attempts=2, backoff_seconds=0.01, presign_expiry=storage.presign_expiry)
+
+
+class TestUpload:
+    async def test_a_small_object_is_stored_with_one_put(self, storage: Storage, s3: S3Client) -> None:
+        name, body = key(), payload(PART_SIZE - 1)
+        async with storage.upload(name, "application/x-ndjson", {"object-id": "o-1"}) as upload_:
+            for start in range(0, len(body), 1_000_000):
+                await upload_.write(body[start : start + 1_000_000])
+        head = await s3.head_object(Bucket=storage.bucket, Key=name)
+        assert head["ETag"].strip('"') == hashlib.md5(body).hexdigest()  # noqa: S324 - S3's ETag of one PUT
+        assert head["ContentType"] == "application/x-ndjson"
+        assert head["Metadata"] == {"object-id": "o-1"}
+        assert (await read(s3, upload_.url))[0] == body
+        assert (upload_.url, upload_.size, upload_.sha256) == (
+            storage.url(name),
+            len(body),
+            hashlib.sha256(body).hexdigest(),
+        )
+
+    async def test_an_empty_object_is_stored(self, storage: Storage, s3: S3Client) -> None:
+        name = key()
+        async with storage.upload(name, "text/csv") as upload_:
+            pass
+        assert (await read(s3, upload_.url))[0] == b""
+        assert upload_.sha256 == hashlib.sha256(b"").hexdigest()
+
+    async def test_a_large_object_is_stored_in_parts(self, storage: Storage, s3: S3Client) -> None:
+        name, body = key(), payload(2 * PART_SIZE + 12_345)
+        async with storage.upload(name, "application/json", {"object-id": "o-2"}) as upload_:
+            # Uneven writes, one larger than a part: parts are cut wherever the buffer passes PART_SIZE.
+            for start, end in [(0, 100), (100, PART_SIZE + 7), (PART_SIZE + 7, len(body))]:
+                await upload_.write(body[start:end])
+        head = await s3.head_object(Bucket=storage.bucket, Key=name)
+        assert head["ETag"].strip('"').endswith("-2")
+        assert head["ContentType"] == "application/json"
+        assert head["Metadata"] == {"object-id": "o-2"}
+        assert head["ContentLength"] == len(body)
+        assert (await read(s3, upload_.url))[0] == body
+        assert (upload_.size, upload_.sha256) == (len(body), hashlib.sha256(body).hexdigest())
+        assert await pending_uploads(s3, storage.bucket, name) == []
+
+    async def test_parts_are_cut_at_the_part_size_when_written_in_small_pieces(
+        self, storage: Storage, s3: S3Client
+    ) -> None:
+        name, body = key(), payload(2 * PART_SIZE + 1)
+        async with storage.upload(name, "application/octet-stream") as upload_:
+            for start in range(0, len(body), 1024 * 1024):
+                await upload_.write(body[start : start + 1024 * 1024])
+        head = await s3.head_object(Bucket=storage.bucket, Key=name)
+        assert head["ETag"].strip('"').endswith("-3")  # 8 MiB, 8 MiB, 1 byte
+        assert (await read(s3, upload_.url))[0] == body
+
+    @pytest.mark.parametrize("written", [100, PART_SIZE + 100])
+    async def test_an_error_inside_the_block_leaves_no_object_and_no_pending_upload(
+        self, storage: Storage, s3: S3Client, written: int
+    ) -> None:
+        name = key()
+        with pytest.raises(RuntimeError, match="operation failed midway"):
+            await write_then_fail(storage, name, written, "operation failed midway")
+        assert not await exists(s3, storage.bucket, name)
+        assert await pending_uploads(s3, storage.bucket, name) == []
+
+    async def test_a_failed_completion_aborts_the_upload(self, storage: Storage, s3: S3Client) -> None:
+        name = key()
+        broken = failing_storage(storage, "complete_multipart_upload")
+        with pytest.raises(StorageUnavailableError, match="S3 unavailable after 2 attempts"):
+            async with broken.upload(name, "application/x-ndjson") as upload_:
+                await upload_.write(payload(PART_SIZE + 100))
+        assert not await exists(s3, storage.bucket, name)
+        assert await pending_uploads(s3, storage.bucket, name) == []
+
+    async def test_a_failed_abort_does_not_hide_the_error_that_caused_it(self, storage: Storage, s3: S3Client) -> None:
+        name = key()
+        broken = failing_storage(storage, "abort_multipart_upload")
+        with pytest.raises(RuntimeError, match="the real problem"):
+            await write_then_fail(broken, name, PART_SIZE, "the real problem")
+        for upload_id in await pending_uploads(s3, storage.bucket, name):  # clean up what the broken client left
+            await s3.abort_multipart_upload(Bucket=storage.bucket, Key=name, UploadId=upload_id)
+
+
+class TestOpen:
+    async def test_open_yields_the_object_in_chunks_and_its_content_type(self, storage: Storage, s3: S3Client) -> None:
+        body = payload(3 * 1024 * 1024 + 5)
+        url = await upload(s3, storage.bucket, key(), body, content_type="text/csv")
+        async with storage.open(url, chunk_size=1024 * 1024) as (chunks, content_type):
+            received = [chunk async for chunk in chunks]
+        assert content_type == "text/csv"
+        assert b"".join(received) == body
+        assert len(received) >= 4
+        assert max(map(len, received)) <= 1024 * 1024
+
+    async def test_open_raises_object_missing_for_an_absent_key(self, storage: Storage) -> None:
+        with pytest.raises(ObjectMissingError):
+            async with storage.open(storage.url(key()), chunk_size=1024):
+                pass
+
+    async def test_open_raises_storage_unavailable_after_every_attempt_fails(self, storage: Storage) -> None:
+        broken = failing_storage(storage, "get_object")
+        with pytest.raises(StorageUnavailableError, match="after 2 attempts"):
+            async with broken.open(storage.url(key()), chunk_size=1024):
+                pass
+
+
+class TestStorage:
+    async def test_put_stores_the_body_and_returns_its_url(self, storage: Storage, s3: S3Client) -> None:
+        name = key()
+        url = await storage.put(name, b'{"a": 1}', "application/json", {"object-id": "o-3"})
+        assert url == f"s3://{storage.bucket}/{name}"
+        assert await read(s3, url) == (b'{"a": 1}', "application/json")
+
+    async def test_a_refused_request_is_not_retried(self, storage: Storage) -> None:
+        refused = Storage(
+            cast(S3Client, FailingClient(storage.client, {"put_object"}, status=403)),
+            storage.bucket,
+            attempts=5,
+            backoff_seconds=10,  # a retry would show as a 10 s wait
+            presign_expiry=storage.presign_expiry,
+        )
+        with pytest.raises(StorageRefusedError, match="S3 refused"):
+            await refused.put(key(), b"x", "text/plain")
+
+    async def test_check_passes_when_the_bucket_is_reachable(self, storage: Storage) -> None:
+        await storage.check()
+
+    async def test_presign_gives_a_url_for_the_key(self, storage: Storage) -> None:
+        name = key()
+        url = await storage.presign(name)
+        assert name in url
+        assert "Expires=" in url or "X-Amz-Expires=" in url
