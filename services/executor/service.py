@@ -65,7 +65,14 @@ class OperationRunner:
                 raise OperationFailedError(f"timed out after {self.timeout_seconds:g} s") from None
             duration_ms = (time.perf_counter() - clock) * 1000
             artifact = self._artifact(
-                command, records, started_at, duration_ms, "succeeded", outcome.result, outcome.output_url
+                command,
+                records,
+                started_at,
+                duration_ms,
+                "succeeded",
+                outcome.result,
+                outcome.output_url,
+                output_format=outcome.output_format,
             )
             s3_url = await self.storage.put(key, artifact, "application/json", {"object-id": str(command.object_id)})
         except OperationFailedError as exc:
@@ -143,6 +150,7 @@ class OperationRunner:
         result: dict[str, JsonValue],
         output_url: str | None,
         error: str | None = None,
+        output_format: str | None = None,
     ) -> bytes:
         stats = records.stats if records else None
         return orjson.dumps(
@@ -164,7 +172,7 @@ class OperationRunner:
                     "record_count": stats.record_count if stats else None,
                 },
                 "output_url": output_url,
-                "output_format": _output_format(output_url),
+                "output_format": output_format or _output_format(output_url),
                 "executor_id": self.executor_id,
                 "started_at": started_at.isoformat(),
                 "finished_at": datetime.now(UTC).isoformat(),

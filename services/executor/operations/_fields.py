@@ -36,9 +36,10 @@ TYPE_NAMES: dict[type, str] = {
 def columns(batch: list[JsonValue], wanted: set[str] | None = None) -> dict[str, list[JsonValue]]:
     """The batch's object records as one list of values per field (records lacking a field add nothing)."""
     rows = [record for record in batch if isinstance(record, dict)]
-    names: set[str] = set().union(*rows)  # the keys of every record, at C speed
+    keys: set[str] = set().union(*rows)  # the keys of every record, at C speed
     if wanted is not None:
-        names &= wanted
+        keys &= wanted
+    names = sorted(keys)  # a stable order, so the same input always gives the same artifact
     result: dict[str, list[JsonValue]] = {}
     for name in names:
         values = [row.get(name, _MISSING) for row in rows]  # one comprehension per field beats a loop per record

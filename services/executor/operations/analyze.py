@@ -168,7 +168,7 @@ async def run(records: RecordStream, ctx: OperationContext[AnalyzeOptions]) -> O
         name: {
             "count": stats.count,
             "nulls": total - stats.count,
-            "distinct": stats.distinct.count(),
+            "distinct": min(stats.distinct.count(), stats.count),  # an estimate never above the count
             "distinct_exact": stats.distinct.is_exact,
             "types": dict(stats.types),
             "numeric": stats.numbers.report(),

@@ -80,7 +80,7 @@ def _apply(step: TransformStep, records: list[JsonValue], offset: int) -> list[J
     """One step over one batch. Records are freshly parsed and owned by this run, so they are changed in place."""
     if isinstance(step, FilterStep):
         expression = _compiled(step.expression)
-        return [r for r in records if expression.search(r)]
+        return [r for r in records if _jmespath_truthy(expression.search(r))]
     for index, record in enumerate(records, start=offset):
         if not isinstance(record, dict):
             msg = f"record {index} is not an object; step '{step.op}' needs objects"
@@ -113,6 +113,11 @@ def _apply(step: TransformStep, records: list[JsonValue], offset: int) -> list[J
                     if isinstance(v, str):
                         row[k] = _normalize(v, step)
     return records
+
+
+def _jmespath_truthy(value: object) -> bool:
+    # JMESPath's truth, not Python's: 0 is true; false, null and empty strings, arrays and objects are false.
+    return not (value is None or value is False or (isinstance(value, str | list | dict) and not value))
 
 
 @lru_cache(maxsize=256)
