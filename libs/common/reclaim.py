@@ -39,6 +39,8 @@ class Reclaimer:
     max_deliveries: int
     maxlen: int
     on_dead: DeadHandler | None = None
+    count: int = 10
+    """Entries claimed per XAUTOCLAIM; 1 for consumers that process one entry at a time."""
     ready: Callable[[], Awaitable[bool]] | None = None
     """Claim nothing while this says the service cannot work (its database is down): deliveries would be spent."""
 
@@ -59,7 +61,7 @@ class Reclaimer:
         start = "0-0"
         while True:
             next_start, entries, *_ = await self.redis.xautoclaim(
-                self.stream, self.group, self.consumer, self.idle_ms, start_id=start, count=10
+                self.stream, self.group, self.consumer, self.idle_ms, start_id=start, count=self.count
             )
             for raw_id, fields in entries:
                 claimed += 1
@@ -104,15 +106,25 @@ class Reclaimer:
 
 @contextlib.asynccontextmanager
 async def heartbeat(
-    redis: Redis, stream: str, group: str, consumer: str, entry_id: str, interval: float
+    redis: Redis,
+    stream: str,
+    group: str,
+    consumer: str,
+    entry_id: str,
+    interval: float,
+    lock: tuple[str, int] | None = None,
 ) -> AsyncIterator[None]:
-    """Renew this consumer's ownership of `entry_id` every `interval` seconds while the block runs."""
+    """Renew this consumer's ownership of `entry_id` every `interval` seconds while the block runs, and, when
+    `lock` (key, ttl in ms) is given, keep that key set to this consumer while it is ours or free (so it is
+    re-created if Redis lost it, and never taken from another holder)."""
 
     async def beat() -> None:
         while True:
             await asyncio.sleep(interval)
             try:
                 await redis.xclaim(stream, group, consumer, 0, [entry_id], justid=True)
+                if lock is not None and await redis.get(lock[0]) in (None, consumer.encode()):
+                    await redis.set(lock[0], consumer, px=lock[1])
             except Exception:  # noqa: BLE001 - a missed beat only risks a duplicate run, which is absorbed
                 log.warning("heartbeat.failed", stream=stream, entry_id=entry_id)
 

@@ -1,5 +1,6 @@
 """The executor's consumers: the live subscriber and the reclaimer run commands through one `Executor`."""
 
+import asyncio
 from dataclasses import dataclass, field
 
 import structlog
@@ -26,6 +27,7 @@ class Executor:
     # Built in the lifespan (they need connections); None before start-up.
     runner: OperationRunner | None = None
     redis: Redis | None = field(default=None, repr=False)
+    busy: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     async def execute(self, command: RunOperationV1, entry_id: str) -> None:
         """Run one command. Acknowledged by the caller only if this returns: after the artifact is in S3 and the
@@ -35,12 +37,30 @@ class Executor:
         structlog.contextvars.bind_contextvars(
             object_id=str(command.object_id), operation=command.operation, message_id=str(command.message_id)
         )
-        await self._publish(self.runner.started(command))
-        async with heartbeat(
-            self.redis, OPERATION_COMMANDS, EXECUTOR_GROUP, self.settings.instance_id, entry_id, self.heartbeat_seconds
-        ):
-            result = await self.runner.run(command)
-        await self._publish(result)
+        me, redis = self.settings.instance_id, self.redis
+        # One run of an operation at a time across executors: a copy of a command that another executor is running
+        # (redelivered after Redis lost its streams, or claimed from a consumer that was only slow) waits for that
+        # run, then finds its artifact and reports it instead of computing it again. The key expires if its holder
+        # dies, so the wait ends in a takeover.
+        lock_key = f"executor:running:{command.object_id}:{command.operation}:{command.task_id}"
+        ttl = self.settings.claim_idle_ms
+        async with (
+            heartbeat(
+                redis, OPERATION_COMMANDS, EXECUTOR_GROUP, me, entry_id, self.heartbeat_seconds, lock=(lock_key, ttl)
+            ),
+            self.busy,
+        ):  # and one operation at a time in this executor, whether read live or reclaimed
+            while not await redis.set(lock_key, me, nx=True, px=ttl):
+                if await redis.get(lock_key) == me.encode():
+                    break
+                await asyncio.sleep(self.heartbeat_seconds / 2)
+            try:
+                await self._publish(self.runner.started(command))
+                result = await self.runner.run(command)
+                await self._publish(result)
+            finally:
+                if await redis.get(lock_key) == me.encode():
+                    await redis.delete(lock_key)
 
     async def give_up(self, body: bytes, reason: str) -> None:
         """A command dead-lettered after too many deliveries: fail its object with the reason."""
@@ -58,6 +78,10 @@ class Executor:
                 error=f"gave up: {reason}",
             )
         )
+
+    async def idle(self) -> bool:
+        """Claim another consumer's work only when not running an operation already."""
+        return not self.busy.locked()
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -105,4 +129,6 @@ def reclaimer(redis: Redis, settings: ExecutorSettings, executor: Executor) -> R
         max_deliveries=settings.max_deliveries,
         maxlen=settings.stream_maxlen,
         on_dead=executor.give_up,
+        count=1,
+        ready=executor.idle,
     )

@@ -5,6 +5,7 @@ array (one object) is one record and is read whole, up to `max_document_bytes`. 
 and hashed (SHA-256) as they pass, so checksums cost no second read.
 """
 
+import asyncio
 import codecs
 import csv
 import hashlib
@@ -59,6 +60,9 @@ class RecordStream:
         async for batch in readers[self.format]():
             self.stats.record_count += len(batch)
             yield batch
+            # Reads that find their data already buffered never suspend: give the event loop (and the heartbeat
+            # that keeps this operation owned) a turn after every batch.
+            await asyncio.sleep(0)
         self.stats.finish()
 
     async def _counted(self) -> AsyncIterator[bytes]:
