@@ -11,12 +11,14 @@
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import structlog
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from libs.common.events.streams import DATA_FIELD, DEAD_LETTERS
@@ -106,7 +108,7 @@ class Reclaimer:
 
 @contextlib.asynccontextmanager
 async def heartbeat(
-    redis: Redis,
+    redis_url: str,
     stream: str,
     group: str,
     consumer: str,
@@ -116,25 +118,33 @@ async def heartbeat(
 ) -> AsyncIterator[None]:
     """Renew this consumer's ownership of `entry_id` every `interval` seconds while the block runs, and, when
     `lock` (key, ttl in ms) is given, keep that key set to this consumer while it is ours or free (so it is
-    re-created if Redis lost it, and never taken from another holder)."""
+    re-created if Redis lost it, and never taken from another holder).
 
-    async def beat() -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await redis.xclaim(stream, group, consumer, 0, [entry_id], justid=True)
-                if lock is not None and await redis.get(lock[0]) in (None, consumer.encode()):
-                    await redis.set(lock[0], consumer, px=lock[1])
-            except Exception:  # noqa: BLE001 - a missed beat only risks a duplicate run, which is absorbed
-                log.warning("heartbeat.failed", stream=stream, entry_id=entry_id)
+    The beats come from a thread with its own connection: an operation that keeps the event loop busy for longer
+    than the idle timeout (CPU-heavy validation, a plugin that never awaits) must not lose its entry for that.
+    """
+    stop = threading.Event()
 
-    task = asyncio.create_task(beat(), name=f"heartbeat:{entry_id}")
+    def beat() -> None:
+        client = SyncRedis.from_url(redis_url)
+        try:
+            while not stop.wait(interval):
+                try:
+                    client.xclaim(stream, group, consumer, 0, [entry_id], justid=True)
+                    if lock is not None and client.get(lock[0]) in (None, consumer.encode()):
+                        client.set(lock[0], consumer, px=lock[1])
+                except Exception:  # noqa: BLE001 - a missed beat only risks a duplicate run, which is absorbed
+                    log.warning("heartbeat.failed", stream=stream, entry_id=entry_id)
+        finally:
+            client.close()
+
+    thread = threading.Thread(target=beat, name=f"heartbeat:{entry_id}", daemon=True)
+    thread.start()
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        stop.set()
+        await asyncio.to_thread(thread.join, 5.0)
 
 
 def entry_id_of(message: Any) -> str:

@@ -46,7 +46,13 @@ class Executor:
         ttl = self.settings.claim_idle_ms
         async with (
             heartbeat(
-                redis, OPERATION_COMMANDS, EXECUTOR_GROUP, me, entry_id, self.heartbeat_seconds, lock=(lock_key, ttl)
+                str(self.settings.redis_url),
+                OPERATION_COMMANDS,
+                EXECUTOR_GROUP,
+                me,
+                entry_id,
+                self.heartbeat_seconds,
+                lock=(lock_key, ttl),
             ),
             self.busy,
         ):  # and one operation at a time in this executor, whether read live or reclaimed
