@@ -11,12 +11,13 @@ PY := $(VENV)/bin/python
 export TEST_DATABASE_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/postgres
 export TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: help run test test-fast lint format asyncapi clean
+.PHONY: help run test test-fast test-faults lint format asyncapi clean
 
 help:
 	@echo "make run       start the whole system at http://localhost:8000 (Ctrl-C stops it)"
-	@echo "make test      run the whole test suite (unit, integration, end-to-end, contract)"
+	@echo "make test      run the whole test suite (unit, integration, end-to-end, contract, faults)"
 	@echo "make test-fast unit and contract tests only"
+	@echo "make test-faults only the fault-injection suite (own PostgreSQL and Redis; about 5 minutes)"
 	@echo "make lint      ruff, mypy --strict, import contracts"
 	@echo "make asyncapi  regenerate docs/asyncapi/*.json from the code"
 
@@ -33,6 +34,9 @@ run: $(VENV)/.synced
 
 test: $(VENV)/.synced
 	$(PY) -m pytest
+
+test-faults: $(VENV)/.synced
+	$(PY) -m pytest tests/faults
 
 test-fast: $(VENV)/.synced
 	$(PY) -m pytest -m "not integration and not e2e"
