@@ -21,7 +21,6 @@ import uuid
 from pathlib import Path
 
 import orjson
-from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
 from libs.common.events import RunOperationV1
 from libs.common.s3 import s3_client
@@ -55,39 +54,18 @@ def _record(i: int, rng: random.Random) -> bytes:
 
 
 async def _upload(settings: S3Settings, key: str, size: int) -> int:
+    from services.executor.storage import Storage
+
     rng = random.Random(size)
     async with s3_client(settings) as client:
-        created = await client.create_multipart_upload(Bucket=settings.s3_bucket, Key=key)
-        parts: list[CompletedPartTypeDef] = []
-        written, i, part = 0, 0, bytearray()
-        while written + len(part) < size:
-            part += _record(i, rng) + b"\n"
-            i += 1
-            if len(part) >= 16 * MB:
-                response = await client.upload_part(
-                    Bucket=settings.s3_bucket,
-                    Key=key,
-                    UploadId=created["UploadId"],
-                    PartNumber=len(parts) + 1,
-                    Body=bytes(part),
-                )
-                parts.append({"PartNumber": len(parts) + 1, "ETag": response["ETag"]})
-                written += len(part)
-                part.clear()
-        if part:
-            response = await client.upload_part(
-                Bucket=settings.s3_bucket,
-                Key=key,
-                UploadId=created["UploadId"],
-                PartNumber=len(parts) + 1,
-                Body=bytes(part),
-            )
-            parts.append({"PartNumber": len(parts) + 1, "ETag": response["ETag"]})
-            written += len(part)
-        await client.complete_multipart_upload(
-            Bucket=settings.s3_bucket, Key=key, UploadId=created["UploadId"], MultipartUpload={"Parts": parts}
-        )
-        return written
+        storage = Storage(client, settings.s3_bucket, attempts=3, backoff_seconds=0.2, presign_expiry=3600)
+        async with storage.upload(key, "application/x-ndjson") as upload:
+            i = 0
+            while upload.size < size:
+                chunk = b"".join(_record(i + n, rng) + b"\n" for n in range(5000))
+                i += 5000
+                await upload.write(chunk)
+        return upload.size
 
 
 async def _worker(settings: S3Settings, operation: str, url: str) -> dict[str, object]:
