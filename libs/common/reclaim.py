@@ -12,6 +12,7 @@
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,9 @@ log = structlog.get_logger()
 Handler = Callable[[bytes, str], Awaitable[None]]
 """Called with an entry's `__data__` and its entry id; raising leaves the entry pending for a later attempt."""
 DeadHandler = Callable[[bytes, str], Awaitable[None]]
+
+LOCK_REFRESH_SECONDS = 1.0
+"""How often a running operation re-asserts its `running_operation_key`."""
 
 
 @dataclass
@@ -124,13 +128,19 @@ async def heartbeat(
     than the idle timeout (CPU-heavy validation, a plugin that never awaits) must not lose its entry for that.
     """
     stop = threading.Event()
+    # The lock key is re-asserted more often than the entry is re-claimed: after Redis lost its data, the
+    # orchestrator re-sends work it finds no holder for, and waits LOCK_REFRESH_SECONDS * 3 before it looks.
+    tick = min(interval, LOCK_REFRESH_SECONDS) if lock is not None else interval
 
     def beat() -> None:
         client = SyncRedis.from_url(redis_url)
+        next_claim = time.monotonic() + interval
         try:
-            while not stop.wait(interval):
+            while not stop.wait(tick):
                 try:
-                    client.xclaim(stream, group, consumer, 0, [entry_id], justid=True)
+                    if time.monotonic() >= next_claim:
+                        client.xclaim(stream, group, consumer, 0, [entry_id], justid=True)
+                        next_claim = time.monotonic() + interval
                     if lock is not None and client.get(lock[0]) in (None, consumer.encode()):
                         client.set(lock[0], consumer, px=lock[1])
                 except Exception:  # noqa: BLE001 - a missed beat only risks a duplicate run, which is absorbed

@@ -12,7 +12,7 @@ from pydantic import BaseModel, TypeAdapter
 from redis.asyncio import Redis
 
 from libs.common.events import AnyOperationResult, OperationFailedV1, RunOperationV1
-from libs.common.events.streams import EXECUTOR_GROUP, OPERATION_COMMANDS, OPERATION_RESULTS
+from libs.common.events.streams import EXECUTOR_GROUP, OPERATION_COMMANDS, OPERATION_RESULTS, running_operation_key
 from libs.common.reclaim import Reclaimer, entry_id_of, heartbeat
 from services.executor.service import OperationRunner
 from services.executor.settings import ExecutorSettings
@@ -42,7 +42,7 @@ class Executor:
         # (redelivered after Redis lost its streams, or claimed from a consumer that was only slow) waits for that
         # run, then finds its artifact and reports it instead of computing it again. The key expires if its holder
         # dies, so the wait ends in a takeover.
-        lock_key = f"executor:running:{command.object_id}:{command.operation}:{command.task_id}"
+        lock_key = running_operation_key(command.object_id, command.operation, command.task_id)
         ttl = self.settings.claim_idle_ms
         async with (
             heartbeat(

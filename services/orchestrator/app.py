@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from libs.common.broker import ensure_topology, make_broker, supervise_subscribers
 from libs.common.db.session import create_engine, create_sessionmaker
+from libs.common.reclaim import LOCK_REFRESH_SECONDS
 from libs.common.trim import trim_streams
 from services.orchestrator.handlers import Orchestrator, reclaimers, register
 from services.orchestrator.outbox import OutboxRelay
@@ -32,17 +33,29 @@ def create_app(settings: OrchestratorSettings) -> AsgiFastStream:
     register(broker, settings, orchestrator)
 
     async def redis_watchdog() -> None:
-        # Redis keeps nothing on disk here: after it restarts empty, re-create the topology and re-send the work
-        # that was in flight, from PostgreSQL (the truth). The marker key disappears with the data.
+        # Redis keeps nothing on disk here: after it restarts empty, re-create the topology at once and re-send the
+        # work that was in flight, from PostgreSQL (the truth). The marker key disappears with the data. Running
+        # executors re-assert their running keys within LOCK_REFRESH_SECONDS; the pause lets them, so work that is
+        # still running is not sent twice.
         while True:
             try:
                 if not await redis.exists(REDIS_EPOCH_KEY):
                     await ensure_topology(redis)
-                    await orchestrator.redispatch_in_flight()
                     await redis.set(REDIS_EPOCH_KEY, settings.instance_id)
+                    await asyncio.sleep(LOCK_REFRESH_SECONDS * 3)
+                    await orchestrator.redispatch_lost(older_than_seconds=0)
             except Exception:
                 log.exception("redis_watchdog.failed")
             await asyncio.sleep(settings.reclaim_interval_seconds)
+
+    async def lost_work_loop() -> None:
+        # Work lost any other way (an entry deleted or trimmed by hand, a watchdog that died mid-way) is found by age.
+        while True:
+            await asyncio.sleep(settings.redispatch_check_seconds)
+            try:
+                await orchestrator.redispatch_lost(settings.redispatch_after_seconds)
+            except Exception:
+                log.exception("redispatch.failed")
 
     async def maintenance_loop() -> None:
         while True:
@@ -71,6 +84,7 @@ def create_app(settings: OrchestratorSettings) -> AsgiFastStream:
             asyncio.create_task(admission_loop(), name="admission"),
             asyncio.create_task(redis_watchdog(), name="redis-watchdog"),
             asyncio.create_task(maintenance_loop(), name="maintenance"),
+            asyncio.create_task(lost_work_loop(), name="lost-work"),
             asyncio.create_task(
                 supervise_subscribers(broker, redis, settings.reclaim_interval_seconds), name="subscribers"
             ),

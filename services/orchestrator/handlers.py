@@ -1,6 +1,7 @@
 """Stream subscribers: parse, run one use case in one transaction, then relay its messages and answer the caller."""
 
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import structlog
@@ -32,7 +33,9 @@ from libs.common.events.streams import (
     ORCHESTRATOR_GROUP,
 )
 from libs.common.reclaim import Reclaimer
+from services.orchestrator.inflight import lost_operations
 from services.orchestrator.outbox import OutboxRelay
+from services.orchestrator.repository import ObjectRepository
 from services.orchestrator.service import ObjectService, UnitOfWork
 from services.orchestrator.settings import OrchestratorSettings
 
@@ -99,11 +102,17 @@ class Orchestrator:
             case OperationFailedV1():
                 await self.run(lambda uow: service.operation_failed(uow, event))
 
-    async def redispatch_in_flight(self) -> int:
-        """Send the running operation of every processing object again (after Redis lost its streams)."""
+    async def redispatch_lost(self, older_than_seconds: float) -> int:
+        """Re-send every running operation sent more than `older_than_seconds` ago that Redis has lost track of."""
+        before = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
+        async with self.sessionmaker() as session:
+            in_flight = await ObjectRepository(session).in_flight_dispatched_before(before)
+        lost = await lost_operations(self.redis, in_flight)
+        if not lost:
+            return 0
         async with self.sessionmaker.begin() as session:
             uow = UnitOfWork(session)
-            count = await self.service.redispatch_in_flight(uow)
+            count = await self.service.redispatch(uow, lost, before)
             outbox_ids = await uow.flush_outbox()
         await self.relay.publish(outbox_ids)
         return count

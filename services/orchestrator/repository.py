@@ -1,10 +1,11 @@
 """All SQL of the orchestrator. Callers own the transaction; nothing here commits."""
 
 from collections.abc import Sequence
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 from uuid import UUID
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -13,6 +14,14 @@ from libs.common.domain import ObjectState
 
 # Key of the transaction-level advisory lock that serialises admission across orchestrator instances.
 ADMISSION_LOCK_KEY = 0x0BEC7_0001
+
+
+class InFlight(NamedTuple):
+    """A processing object's running operation, as the executors know it."""
+
+    object_id: UUID
+    operation: str
+    task_id: UUID
 
 
 class ObjectRepository:
@@ -76,10 +85,25 @@ class ObjectRepository:
         )
         return result.all()
 
-    async def lock_processing(self) -> Sequence[ProcessingObject]:
+    async def in_flight_dispatched_before(self, before: datetime) -> Sequence[InFlight]:
+        """Processing objects whose running operation was sent before `before` (read, not locked)."""
+        result = await self.session.execute(
+            select(ProcessingObject.id, ProcessingObject.current_operation, ProcessingObject.task_id).where(
+                ProcessingObject.state == ObjectState.PROCESSING.value,
+                or_(ProcessingObject.dispatched_at.is_(None), ProcessingObject.dispatched_at < before),
+            )
+        )
+        return [InFlight(row.id, row.current_operation or "", row.task_id) for row in result]
+
+    async def lock_in_flight(self, ids: Sequence[UUID], dispatched_before: datetime) -> Sequence[ProcessingObject]:
+        """Lock those of `ids` still processing and not re-sent since (by another instance): they are ours to re-send."""
         result = await self.session.scalars(
             select(ProcessingObject)
-            .where(ProcessingObject.state == ObjectState.PROCESSING.value)
+            .where(
+                ProcessingObject.id.in_(ids),
+                ProcessingObject.state == ObjectState.PROCESSING.value,
+                or_(ProcessingObject.dispatched_at.is_(None), ProcessingObject.dispatched_at < dispatched_before),
+            )
             .with_for_update(skip_locked=True)
             .execution_options(populate_existing=True)
         )

@@ -5,10 +5,11 @@ an `object_event` (the numbered progress document) and outbox rows for every mes
 relay publishes those only after commit, so a crash can delay a message but never lose one.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import structlog
 from pydantic import BaseModel
@@ -213,16 +214,17 @@ class ObjectService:
             log.info("objects.admitted", count=len(admitted), ids=[str(obj.id) for obj in admitted])
         return len(admitted)
 
-    async def redispatch_in_flight(self, uow: UnitOfWork) -> int:
-        """Re-send the current operation of every processing object. Executors skip work whose artifact exists and
-        the orchestrator ignores results it already applied, so a needless re-send costs a little and loses nothing."""
-        objects = await uow.objects.lock_processing()
+    async def redispatch(self, uow: UnitOfWork, ids: Sequence[UUID], dispatched_before: datetime) -> int:
+        """Re-send the running operation of the given processing objects (their command was lost). Executors skip
+        work whose artifact exists and the orchestrator ignores results it already applied, so a needless re-send
+        costs a little and loses nothing."""
+        objects = await uow.objects.lock_in_flight(ids, dispatched_before)
         for obj in objects:
             if obj.cancel_requested and obj.operations_status.get(obj.current_operation or "", {}).get("completed"):
                 continue
             self._dispatch_next(uow, obj)
         if objects:
-            log.warning("objects.redispatched", count=len(objects))
+            log.warning("objects.redispatched", count=len(objects), ids=[str(obj.id) for obj in objects])
         return len(objects)
 
     # --- internals -------------------------------------------------------------------------------
@@ -260,6 +262,7 @@ class ObjectService:
             return False
         operation = pending[0]
         obj.current_operation = operation
+        obj.dispatched_at = _now()
         obj.operations_status = {**obj.operations_status, operation: {"completed": False}}
         uow.emit(
             OPERATION_COMMANDS,

@@ -12,3 +12,7 @@ class OrchestratorSettings(ServiceSettings, DatabaseSettings, ConcurrencySetting
     stream_retention_seconds: int = Field(default=3600, ge=0)
     """History kept on streams beyond what consumers still need (the public event stream keeps exactly this)."""
     maintenance_interval_seconds: float = Field(default=30.0, gt=0)
+    redispatch_after_seconds: float = Field(default=60.0, gt=0)
+    """A running operation sent this long ago, with no executor holding it and no command for it left in Redis,
+    is sent again from PostgreSQL."""
+    redispatch_check_seconds: float = Field(default=10.0, gt=0)

@@ -38,6 +38,8 @@ class ProcessingObject(Base):
     queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    """When the running operation's command was last sent: the in-flight check re-sends it when it is lost."""
 
     __table_args__ = (
         # Admission scans queued objects oldest first; the partial index keeps that scan small.

@@ -31,6 +31,12 @@ CONSUMER_GROUPS: Final[dict[str, tuple[str, ...]]] = {
 DATA_FIELD: Final = "__data__"
 
 
+def running_operation_key(object_id: object, operation: str, task_id: object) -> str:
+    """Held by the executor running this operation (renewed every second, expiring if it dies): one run at a
+    time across executors, and the orchestrator's evidence that the work is not lost."""
+    return f"executor:running:{object_id}:{operation}:{task_id}"
+
+
 def reply_channel(service_name: str, instance_id: str) -> str:
     """The pub/sub channel on which one gateway instance receives command replies."""
     return f"replies:{service_name}:{instance_id}"

@@ -1,0 +1,96 @@
+"""Lost work is found and re-sent from PostgreSQL, and work that Redis still shows is left alone."""
+
+from collections.abc import AsyncIterator
+from typing import cast
+from uuid import UUID, uuid4
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from libs.common.broker import ensure_topology
+from libs.common.domain import Operation
+from libs.common.events import SubmitObjectV1
+from libs.common.events.streams import DATA_FIELD, EXECUTOR_GROUP, OPERATION_COMMANDS, running_operation_key
+from services.orchestrator.handlers import Orchestrator
+from services.orchestrator.outbox import OutboxRelay
+from services.orchestrator.service import ObjectService
+
+
+@pytest.fixture
+async def orchestrator(
+    isolated_sessionmaker: async_sessionmaker[AsyncSession], redis: Redis
+) -> AsyncIterator[Orchestrator]:
+    await redis.flushdb()
+    await ensure_topology(redis)
+    relay = OutboxRelay(isolated_sessionmaker, redis, stream_maxlen=1000)
+    yield Orchestrator(isolated_sessionmaker, redis, relay, ObjectService(max_parallel_workers=3))
+    await redis.flushdb()
+
+
+async def submit(orchestrator: Orchestrator) -> UUID:
+    command = SubmitObjectV1(
+        object_id=uuid4(), identifier=f"it-inflight-{uuid4().hex}", operations=[Operation("validate")]
+    )
+    await orchestrator.handle_command(command)
+    return command.object_id
+
+
+async def commands_for(redis: Redis, object_id: UUID) -> list[str]:
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(OPERATION_COMMANDS))
+    return [
+        entry_id.decode()
+        for entry_id, fields in entries
+        if orjson.loads(fields[DATA_FIELD.encode()])["object_id"] == str(object_id)
+    ]
+
+
+async def test_a_queued_command_is_not_sent_again(orchestrator: Orchestrator, redis: Redis) -> None:
+    object_id = await submit(orchestrator)
+    assert len(await commands_for(redis, object_id)) == 1
+
+    assert await orchestrator.redispatch_lost(older_than_seconds=0) == 0
+    assert len(await commands_for(redis, object_id)) == 1
+
+
+async def test_a_pending_command_is_left_to_the_reclaimer(orchestrator: Orchestrator, redis: Redis) -> None:
+    await submit(orchestrator)
+    await redis.xreadgroup(EXECUTOR_GROUP, "executor-that-died", {OPERATION_COMMANDS: ">"}, count=10)
+
+    assert await orchestrator.redispatch_lost(older_than_seconds=0) == 0
+
+
+async def test_a_running_operation_is_left_alone(orchestrator: Orchestrator, redis: Redis) -> None:
+    object_id = await submit(orchestrator)
+    [entry_id] = await commands_for(redis, object_id)
+    await redis.xreadgroup(EXECUTOR_GROUP, "executor-1", {OPERATION_COMMANDS: ">"}, count=10)
+    await redis.xack(OPERATION_COMMANDS, EXECUTOR_GROUP, entry_id)  # only the running key is left
+    command = orjson.loads(
+        cast(list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(OPERATION_COMMANDS))[0][1][DATA_FIELD.encode()]
+    )
+    await redis.set(running_operation_key(object_id, command["operation"], command["task_id"]), "executor-1")
+
+    assert await orchestrator.redispatch_lost(older_than_seconds=0) == 0
+
+
+async def test_a_lost_command_is_sent_again_once(orchestrator: Orchestrator, redis: Redis) -> None:
+    object_id = await submit(orchestrator)
+    [entry_id] = await commands_for(redis, object_id)
+    await redis.xdel(OPERATION_COMMANDS, entry_id)  # gone, as when Redis loses its data
+
+    assert await orchestrator.redispatch_lost(older_than_seconds=3600) == 0, "too recent to be called lost"
+    assert await orchestrator.redispatch_lost(older_than_seconds=0) == 1
+    assert len(await commands_for(redis, object_id)) == 1
+    # The re-sent command is now queued: nothing more to re-send.
+    assert await orchestrator.redispatch_lost(older_than_seconds=0) == 0
+
+
+async def test_redis_emptied_everything_in_flight_is_sent_again(orchestrator: Orchestrator, redis: Redis) -> None:
+    objects = [await submit(orchestrator) for _ in range(4)]  # three admitted, one queued
+    await redis.flushdb()
+    await ensure_topology(redis)
+
+    assert await orchestrator.redispatch_lost(older_than_seconds=0) == 3
+    sent = [len(await commands_for(redis, object_id)) for object_id in objects]
+    assert sorted(sent) == [0, 1, 1, 1]
