@@ -9,6 +9,7 @@ Streams are trimmed with MINID (approximate, so Redis trims whole nodes cheaply)
 import time
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from libs.common.events.streams import CONSUMER_GROUPS
 
@@ -46,6 +47,27 @@ async def trim_streams(redis: Redis, retention_ms: int) -> dict[str, int]:
         min_id = await safe_min_id(redis, stream, groups, retention_ms)
         removed[stream] = await redis.xtrim(stream, minid=min_id, approximate=True)
     return removed
+
+
+async def prune_consumers(redis: Redis, idle_ms: int) -> int:
+    """Delete consumers that hold nothing and have not read for `idle_ms`. Consumer names are instance ids
+    (host names by default), so every restart in a container platform leaves one behind; without this, group
+    metadata would grow for ever. A consumer that comes back is re-created by its next read."""
+    deleted = 0
+    for stream, groups in CONSUMER_GROUPS.items():
+        if not await redis.exists(stream):
+            continue
+        for group in groups:
+            try:
+                consumers = await redis.xinfo_consumers(stream, group)
+            except ResponseError:  # the group does not exist (yet)
+                continue
+            for consumer in consumers:
+                if consumer["pending"] == 0 and consumer["idle"] > idle_ms:
+                    # A live consumer polls continuously (idle stays near zero), so one idle this long is gone.
+                    await redis.xgroup_delconsumer(stream, group, _text(consumer["name"]))
+                    deleted += 1
+    return deleted
 
 
 def _text(value: bytes | str) -> str:

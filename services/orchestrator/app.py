@@ -12,7 +12,7 @@ from sqlalchemy import text
 from libs.common.broker import ensure_topology, make_broker, supervise_subscribers
 from libs.common.db.session import create_engine, create_sessionmaker
 from libs.common.reclaim import LOCK_REFRESH_SECONDS
-from libs.common.trim import trim_streams
+from libs.common.trim import prune_consumers, trim_streams
 from services.orchestrator.handlers import Orchestrator, reclaimers, register
 from services.orchestrator.outbox import OutboxRelay
 from services.orchestrator.service import ObjectService
@@ -62,7 +62,8 @@ def create_app(settings: OrchestratorSettings) -> AsgiFastStream:
             await asyncio.sleep(settings.maintenance_interval_seconds)
             try:
                 removed = await trim_streams(redis, settings.stream_retention_seconds * 1000)
-                log.info("streams.trimmed", removed=removed)
+                consumers = await prune_consumers(redis, settings.consumer_retention_seconds * 1000)
+                log.info("streams.trimmed", removed=removed, consumers_deleted=consumers)
             except Exception:
                 log.exception("streams.trim_failed")
 

@@ -11,6 +11,8 @@ class OrchestratorSettings(ServiceSettings, DatabaseSettings, ConcurrencySetting
     outbox_sweep_seconds: float = Field(default=1.0, gt=0)
     stream_retention_seconds: int = Field(default=3600, ge=0)
     """History kept on streams beyond what consumers still need (the public event stream keeps exactly this)."""
+    consumer_retention_seconds: int = Field(default=86400, gt=0)
+    """A consumer (a service instance) that holds nothing and has not read for this long is removed from its group."""
     maintenance_interval_seconds: float = Field(default=30.0, gt=0)
     redispatch_after_seconds: float = Field(default=60.0, gt=0)
     """A running operation sent this long ago, with no executor holding it and no command for it left in Redis,
