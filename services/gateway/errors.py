@@ -64,13 +64,20 @@ async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
     return response
 
 
+async def on_dependency_error(request: Request, exc: Exception) -> JSONResponse:
+    # A dependency outage shows up as a connection error deep in a driver: tell the client to come back. Handled
+    # here rather than by the catch-all, which Starlette re-raises: an outage is logged once per request, not
+    # as a traceback.
+    log.warning("request.dependency_unavailable", path=request.url.path, error_type=type(exc).__name__)
+    response = problem(503, "Service unavailable", "a backing service is unreachable; try again shortly", request)
+    response.headers["Retry-After"] = RETRY_AFTER_SECONDS
+    return response
+
+
 async def on_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, DEPENDENCY_ERRORS):  # raised from a middleware, outside the handlers above
+        return await on_dependency_error(request, exc)
     log.error("request.failed", path=request.url.path, error_type=type(exc).__name__)
-    # A dependency outage shows up as a connection error deep in a driver: tell the client to come back.
-    if isinstance(exc, DEPENDENCY_ERRORS):
-        response = problem(503, "Service unavailable", "a backing service is unreachable; try again shortly", request)
-        response.headers["Retry-After"] = RETRY_AFTER_SECONDS
-        return response
     return problem(500, "Internal error", "the server failed to handle this request; it has been logged", request)
 
 
@@ -87,4 +94,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(ServiceError, on_service_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
+    for error in DEPENDENCY_ERRORS:
+        app.add_exception_handler(error, on_dependency_error)
     app.add_exception_handler(Exception, on_unexpected_error)
