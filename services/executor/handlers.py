@@ -10,14 +10,21 @@ from faststream.redis.annotations import RedisStreamMessage
 from faststream.redis.publisher.usecase import StreamPublisher
 from pydantic import BaseModel, TypeAdapter
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from libs.common.events import AnyOperationResult, OperationFailedV1, RunOperationV1
 from libs.common.events.streams import EXECUTOR_GROUP, OPERATION_COMMANDS, OPERATION_RESULTS, running_operation_key
 from libs.common.reclaim import Reclaimer, entry_id_of, heartbeat
+from libs.common.retry import backoff_delay
 from services.executor.service import OperationRunner
 from services.executor.settings import ExecutorSettings
 
 log = structlog.get_logger()
+
+PUBLISH_ATTEMPTS = 8
+"""About 25 s of backoff: longer than a Redis restart."""
 
 
 @dataclass
@@ -65,8 +72,11 @@ class Executor:
                 result = await self.runner.run(command)
                 await self._publish(result)
             finally:
-                if await redis.get(lock_key) == me.encode():
-                    await redis.delete(lock_key)
+                try:
+                    if await redis.get(lock_key) == me.encode():
+                        await redis.delete(lock_key)
+                except RedisError:  # Redis is down: the key expires by itself within `ttl`
+                    log.warning("running_key.release_failed", key=lock_key)
 
     async def give_up(self, body: bytes, reason: str) -> None:
         """A command dead-lettered after too many deliveries: fail its object with the reason."""
@@ -94,7 +104,18 @@ class Executor:
         return self.settings.claim_idle_ms / 1000 / 3
 
     async def _publish(self, message: BaseModel) -> None:
-        await self.results.publish(message)
+        # Redis restarting must not throw away finished work: the artifact is in S3, only the report is missing,
+        # and the command's entry may be gone with Redis's data (nothing would redeliver it).
+        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+            try:
+                await self.results.publish(message)
+                return
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                if attempt == PUBLISH_ATTEMPTS:
+                    raise
+                delay = backoff_delay(attempt, 0.2)
+                log.warning("result.publish_retry", attempt=attempt, delay=round(delay, 3))
+                await asyncio.sleep(delay)
 
 
 def register(broker: RedisBroker, settings: ExecutorSettings) -> Executor:

@@ -2,7 +2,6 @@
 
 import asyncio
 import hashlib
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -13,6 +12,7 @@ from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 from types_aiobotocore_s3 import S3Client
 from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
+from libs.common.retry import backoff_delay
 from libs.common.s3 import parse_s3_url
 
 log = structlog.get_logger()
@@ -125,7 +125,7 @@ class Storage:
             if attempt == self.attempts:
                 msg = f"S3 unavailable after {attempt} attempts ({type(error).__name__}: {error})"
                 raise StorageUnavailableError(msg) from error
-            delay = self.backoff_seconds * 2 ** (attempt - 1) * (0.5 + random.random())  # noqa: S311 - jitter, not crypto
+            delay = backoff_delay(attempt, self.backoff_seconds)
             log.warning("storage.retry", target=what, attempt=attempt, delay=round(delay, 3), error=str(error)[:200])
             await asyncio.sleep(delay)
         raise AssertionError  # unreachable: the loop returns or raises

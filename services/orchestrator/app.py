@@ -44,6 +44,9 @@ def create_app(settings: OrchestratorSettings) -> AsgiFastStream:
                     await redis.set(REDIS_EPOCH_KEY, settings.instance_id)
                     await asyncio.sleep(LOCK_REFRESH_SECONDS * 3)
                     await orchestrator.redispatch_lost(older_than_seconds=0)
+                    # Once more after the running keys of executors that died with Redis have expired.
+                    await asyncio.sleep(settings.claim_idle_ms / 1000)
+                    await orchestrator.redispatch_lost(older_than_seconds=0)
             except Exception:
                 log.exception("redis_watchdog.failed")
             await asyncio.sleep(settings.reclaim_interval_seconds)
