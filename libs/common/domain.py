@@ -1,5 +1,6 @@
 """The vocabulary of the product: object states and operation names."""
 
+import re
 from enum import StrEnum
 from typing import Annotated
 
@@ -47,8 +48,34 @@ def check_identifier(value: str) -> str:
     return value
 
 
-def artifact_key(identifier: str, operation: str) -> str:
-    return f"{identifier}/{operation}_result.json"
+DEFAULT_TENANT = "default"
+"""The tenant of every object when authentication is off, and of objects submitted before tenants existed."""
+
+TENANT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+"""Tenant names become S3 key prefixes (`tenants/{tenant}/`): lower-case letters, digits and '-', 1-63 chars."""
+
+TENANTS_PREFIX = "tenants"
+"""The S3 prefix under which every tenant but the default one keeps its artifacts; not an identifier of the
+default tenant, so that no default object's prefix can contain another tenant's."""
+
+
+def check_tenant(value: str) -> str:
+    if not re.fullmatch(TENANT_PATTERN, value):
+        msg = "a tenant is 1-63 characters: lower-case letters, digits and '-', starting with a letter or digit"
+        raise ValueError(msg)
+    return value
+
+
+def object_prefix(identifier: str, tenant: str = DEFAULT_TENANT) -> str:
+    """The S3 prefix of an object's artifacts and outputs. The default tenant keeps the original layout
+    (`{identifier}/`); every other tenant has its own prefix, so no two tenants ever share one."""
+    if tenant == DEFAULT_TENANT:
+        return identifier
+    return f"{TENANTS_PREFIX}/{tenant}/{identifier}"
+
+
+def artifact_key(identifier: str, operation: str, tenant: str = DEFAULT_TENANT) -> str:
+    return f"{object_prefix(identifier, tenant)}/{operation}_result.json"
 
 
 def s3_url(bucket: str, key: str) -> str:

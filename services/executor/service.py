@@ -40,7 +40,7 @@ class OperationRunner:
     async def run(self, command: RunOperationV1) -> Result:
         """Returns the result to publish. Raises only for what may succeed on another delivery: S3 unavailable
         through every retry (StorageUnavailableError) leaves the command pending, to be tried again later."""
-        key = artifact_key(command.identifier, command.operation)
+        key = artifact_key(command.identifier, command.operation, command.tenant)
         started_at = datetime.now(UTC)
         clock = time.perf_counter()
         records: RecordStream | None = None
@@ -57,7 +57,9 @@ class OperationRunner:
                 options = spec.options_model.model_validate(command.options)
             except ValidationError as exc:
                 raise OperationFailedError(f"invalid options: {exc.errors()[0]['msg']}") from None
-            context = OperationContext(identifier=command.identifier, options=options, storage=self.storage)
+            context = OperationContext(
+                identifier=command.identifier, options=options, storage=self.storage, tenant=command.tenant
+            )
             try:
                 async with asyncio.timeout(self.timeout_seconds), self._open(command) as records:
                     outcome = await spec.run(records, context)

@@ -29,11 +29,12 @@ class ObjectRepository:
         self.session = session
 
     async def insert_if_new(self, values: dict[str, Any]) -> bool:
-        """Insert unless the identifier is taken. The unique index decides, so racing submissions cannot both win."""
+        """Insert unless the tenant's identifier is taken. The unique index decides, so racing submissions cannot
+        both win."""
         inserted = await self.session.scalar(
             insert(ProcessingObject)
             .values(**values)
-            .on_conflict_do_nothing(index_elements=[ProcessingObject.identifier])
+            .on_conflict_do_nothing(index_elements=[ProcessingObject.tenant, ProcessingObject.identifier])
             .returning(ProcessingObject.id)
         )
         return inserted is not None
@@ -46,10 +47,10 @@ class ObjectRepository:
             .execution_options(populate_existing=True)
         )
 
-    async def lock_by_identifier(self, identifier: str) -> ProcessingObject | None:
+    async def lock_by_identifier(self, tenant: str, identifier: str) -> ProcessingObject | None:
         return await self.session.scalar(
             select(ProcessingObject)
-            .where(ProcessingObject.identifier == identifier)
+            .where(ProcessingObject.tenant == tenant, ProcessingObject.identifier == identifier)
             .with_for_update()
             .execution_options(populate_existing=True)
         )

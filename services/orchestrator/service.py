@@ -74,6 +74,7 @@ class ObjectService:
         created = await uow.objects.insert_if_new(
             {
                 "id": command.object_id,
+                "tenant": command.tenant,
                 "identifier": command.identifier,
                 "state": ObjectState.PENDING.value,
                 "operations": list(command.operations),
@@ -90,7 +91,7 @@ class ObjectService:
                 "updated_at": now,
             }
         )
-        obj = await uow.objects.lock_by_identifier(command.identifier)
+        obj = await uow.objects.lock_by_identifier(command.tenant, command.identifier)
         if obj is None:  # pragma: no cover - the row was inserted or already existed in this transaction
             msg = f"object {command.identifier!r} vanished during submission"
             raise RuntimeError(msg)
@@ -108,7 +109,7 @@ class ObjectService:
 
     async def cancel(self, uow: UnitOfWork, command: CancelObjectV1) -> CommandReplyV1:
         obj = await uow.objects.lock(command.object_id)
-        if obj is None:
+        if obj is None or obj.tenant != command.tenant:  # another tenant's object does not exist for this one
             return self._reply(command, "not_found", None, "no object with this id")
         state = ObjectState(obj.state)
         if state is ObjectState.PROCESSING:
@@ -128,7 +129,7 @@ class ObjectService:
 
     async def retry(self, uow: UnitOfWork, command: RetryObjectV1) -> CommandReplyV1:
         obj = await uow.objects.lock(command.object_id)
-        if obj is None:
+        if obj is None or obj.tenant != command.tenant:
             return self._reply(command, "not_found", None, "no object with this id")
         if obj.state != ObjectState.FAILED:
             return self._reply(
@@ -273,6 +274,7 @@ class ObjectService:
                 index=obj.operations.index(operation),
                 total=len(obj.operations),
                 identifier=obj.identifier,
+                tenant=obj.tenant,
                 data_url=obj.data_url,
                 data_format=obj.data_url_format,  # type: ignore[arg-type]
                 payload=obj.payload,

@@ -1,10 +1,23 @@
-"""The PostgreSQL schema. Only the orchestrator writes these tables; the gateway and progress service read them."""
+"""The PostgreSQL schema. Only the orchestrator writes the object tables; the gateway and progress service read
+them. `api_key` is the gateway's own: it writes it (keys are created and revoked there) and progress reads it."""
 
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, func, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -15,7 +28,9 @@ class ProcessingObject(Base):
     __tablename__ = "processing_object"
 
     id: Mapped[UUID] = mapped_column(primary_key=True)
-    identifier: Mapped[str] = mapped_column(String(255), unique=True)
+    tenant: Mapped[str] = mapped_column(String(64), server_default=text("'default'"))
+    """Whose object it is: the tenant of the credential that submitted it. Identifiers are unique per tenant."""
+    identifier: Mapped[str] = mapped_column(String(255))
     state: Mapped[str] = mapped_column(String(16))
     operations: Mapped[list[str]] = mapped_column(ARRAY(String(32)))
     payload: Mapped[Any] = mapped_column(JSONB(none_as_null=True), nullable=True)
@@ -42,6 +57,7 @@ class ProcessingObject(Base):
     """When the running operation's command was last sent: the in-flight check re-sends it when it is lost."""
 
     __table_args__ = (
+        UniqueConstraint("tenant", "identifier", name="uq_processing_object_tenant_identifier"),
         # Admission scans queued objects oldest first; the partial index keeps that scan small.
         Index("ix_processing_object_queue", "queued_at", "id", postgresql_where=text("state = 'queued'")),
         Index("ix_processing_object_state", "state"),
@@ -94,3 +110,23 @@ class ProcessedMessage(Base):
 
     message_id: Mapped[UUID] = mapped_column(primary_key=True)
     processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ApiKey(Base):
+    """An API key. Only its SHA-256 is stored: the key itself is shown once, when it is created.
+
+    Keys are 32 random bytes from `secrets`, so a fast hash is enough (nothing to brute-force); `prefix` is the
+    public part of the key, unique, used to find the row and to name the key in listings and logs.
+    """
+
+    __tablename__ = "api_key"
+
+    id: Mapped[UUID] = mapped_column(primary_key=True)
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    key_hash: Mapped[str] = mapped_column("hash", String(64))
+    tenant: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list[str]] = mapped_column(ARRAY(String(16)))
+    name: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

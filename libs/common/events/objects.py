@@ -5,7 +5,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from libs.common.domain import ObjectState, OperationName
+from libs.common.domain import DEFAULT_TENANT, ObjectState, OperationName
 from libs.common.events.base import Message
 from libs.common.events.data import JsonObject
 from libs.common.progress import ProgressDocument
@@ -14,13 +14,16 @@ from libs.common.progress import ProgressDocument
 class ObjectCommand(Message):
     reply_to: str | None = None
     """Redis pub/sub channel the orchestrator answers on once the command's effect is committed."""
+    tenant: str = DEFAULT_TENANT
+    """The tenant of the credential that sent the command. A submitted object belongs to it; a cancel or retry of
+    another tenant's object is answered `not_found`, exactly as for an object that does not exist."""
 
 
 class SubmitObjectV1(ObjectCommand):
     """Gateway -> orchestrator, once per accepted `POST /api/v1/process`.
 
-    The orchestrator records the object (pending -> queued) unless `identifier` is already taken, in which
-    case it answers with the existing object and changes nothing.
+    The orchestrator records the object (pending -> queued) unless `identifier` is already taken in `tenant`,
+    in which case it answers with the existing object and changes nothing.
     """
 
     type: Literal["object.submit.v1"] = "object.submit.v1"

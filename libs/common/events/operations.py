@@ -5,7 +5,7 @@ from uuid import UUID
 
 from pydantic import Field, JsonValue
 
-from libs.common.domain import OperationName
+from libs.common.domain import DEFAULT_TENANT, OperationName
 from libs.common.events.base import Message
 from libs.common.events.data import JsonObject
 
@@ -28,6 +28,9 @@ class RunOperationV1(OperationMessage):
 
     type: Literal["operation.run.v1"] = "operation.run.v1"
     identifier: str
+    tenant: str = DEFAULT_TENANT
+    """The object's tenant: artifacts go under `{identifier}/` for the default tenant, else under
+    `tenants/{tenant}/{identifier}/`."""
     total: int = Field(ge=1)
     data_url: str | None = None
     data_format: Literal["json", "ndjson", "csv"] | None = None

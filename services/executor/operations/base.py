@@ -6,6 +6,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import JsonValue
 
+from libs.common.domain import DEFAULT_TENANT, object_prefix
 from libs.common.options import OperationOptions
 from services.executor.records import RecordStream
 from services.executor.storage import Storage
@@ -27,12 +28,14 @@ class OperationFailedError(Exception):
 @dataclass(frozen=True)
 class OperationContext(Generic[OptionsT]):
     identifier: str
-    """The object's identifier: the S3 prefix its outputs go under."""
+    """The object's identifier: the S3 prefix its outputs go under (below its tenant's, for other tenants)."""
     options: OptionsT
     storage: Storage
+    tenant: str = DEFAULT_TENANT
+    """The object's tenant: with the identifier, it decides the S3 prefix (see `object_prefix`)."""
 
     def output_key(self, name: str) -> str:
-        return f"{self.identifier}/{name}"
+        return f"{object_prefix(self.identifier, self.tenant)}/{name}"
 
 
 @dataclass
