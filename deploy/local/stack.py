@@ -10,6 +10,7 @@ own process the way a deployment would, and waits until every one reports health
 import argparse
 import asyncio
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -47,7 +48,22 @@ class StackSettings(BaseSettings):
     executor_base_port: int = 8101
     executors: int = Field(default=3, ge=1)
     orchestrators: int = Field(default=1, ge=1)
+    gateways: int = Field(default=1, ge=1)
+    """More than one: the others listen on free ports (`gateway_ports`), sharing Redis like a deployment's."""
     moto_port: int = 5010
+    auth_enabled: bool = False
+    """Off for `make run` on localhost (the development switch); AUTH_ENABLED=true turns it on."""
+    stream_token_secret: str = Field(default_factory=lambda: secrets.token_urlsafe(32))
+    """One per stack unless set: every gateway and progress process of the stack gets the same."""
+    stream_token_ttl_seconds: int | None = None
+    rate_limit_per_minute: int | None = None
+    """Unset: the services' default with authentication on, no limit with it off."""
+    rate_limit_anonymous_per_minute: int | None = None
+    max_streams_per_key: int | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_jwks_url: str | None = None
+    jwt_public_key: str | None = None
 
 
 def free_port() -> int:
@@ -69,6 +85,8 @@ class Stack:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     log_dir: Path | None = None
     processes: list[Process] = field(default_factory=list)
+    gateway_ports: list[int] = field(default_factory=list)
+    """Ports of the gateways after the first (`gateways` > 1)."""
 
     @property
     def base_url(self) -> str:
@@ -114,9 +132,27 @@ class Stack:
             "PROGRESS_URL": f"http://127.0.0.1:{s.progress_port}",
             "HOST": "127.0.0.1",
             "PYTHONUNBUFFERED": "1",
+            **self._auth_env(),
             **self.extra_env,
             **overrides,
         }
+
+    def _auth_env(self) -> dict[str, str]:
+        s = self.settings
+        env = {"AUTH_ENABLED": str(s.auth_enabled).lower(), "STREAM_TOKEN_SECRET": s.stream_token_secret}
+        rate = s.rate_limit_per_minute if s.rate_limit_per_minute is not None else (None if s.auth_enabled else 0)
+        optional = {
+            "RATE_LIMIT_PER_MINUTE": rate,
+            "RATE_LIMIT_ANONYMOUS_PER_MINUTE": s.rate_limit_anonymous_per_minute,
+            "MAX_STREAMS_PER_KEY": s.max_streams_per_key,
+            "STREAM_TOKEN_TTL_SECONDS": s.stream_token_ttl_seconds,
+            "JWT_ISSUER": s.jwt_issuer,
+            "JWT_AUDIENCE": s.jwt_audience,
+            "JWT_JWKS_URL": s.jwt_jwks_url,
+            "JWT_PUBLIC_KEY": s.jwt_public_key,
+        }
+        env.update({name: str(value) for name, value in optional.items() if value is not None})
+        return env
 
     async def _prepare_backends(self) -> None:
         url = make_url(self.settings.database_url)
@@ -160,6 +196,10 @@ class Stack:
         for n in range(1, s.executors + 1):
             self._service(f"executor-{n}", "executor", s.executor_base_port + n - 1)
         self._service("gateway", "gateway", s.gateway_port)
+        for n in range(2, s.gateways + 1):
+            port = free_port()
+            self.gateway_ports.append(port)
+            self._service(f"gateway-{n}", "gateway", port)
 
     def _service(self, name: str, module: str, port: int) -> None:
         env = self._env(PORT=str(port), INSTANCE_ID=name)
@@ -239,7 +279,11 @@ def main() -> None:
     try:
         stack.start()
         print(f"\nObject Processing API is up at http://localhost:{settings.gateway_port}  (docs: /docs)")
-        print(f"S3 endpoint: {settings.s3_endpoint_url}, bucket: {settings.s3_bucket}. Ctrl-C stops everything.\n")
+        print(f"S3 endpoint: {settings.s3_endpoint_url}, bucket: {settings.s3_bucket}. Ctrl-C stops everything.")
+        if settings.auth_enabled:
+            print("Authentication is on: create a key with `python -m services.gateway.keys create ...`.\n")
+        else:
+            print("Authentication is OFF (development): anyone who reaches this port has every scope.\n")
         while all(p.popen.poll() is None for p in stack.processes):
             time.sleep(0.5)
         dead = [p.name for p in stack.processes if p.popen.poll() is not None]

@@ -25,3 +25,29 @@ class UnavailableError(ServiceError):
     code = "unavailable"
     title = "Service unavailable"
     http_status = 503
+
+
+class UnauthorizedError(ServiceError):
+    """No credentials, or credentials that are not valid (unknown, revoked, expired, badly signed): 401."""
+
+    code = "unauthorized"
+    title = "Unauthorized"
+    http_status = 401
+
+
+class ForbiddenError(ServiceError):
+    """Valid credentials without the scope the request needs: 403."""
+
+    code = "forbidden"
+    title = "Forbidden"
+    http_status = 403
+
+
+class RateLimitedError(ServiceError):
+    code = "rate_limited"
+    title = "Too many requests"
+    http_status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -3,7 +3,7 @@
 import socket
 from typing import Literal
 
-from pydantic import Field, PostgresDsn, RedisDsn, SecretStr
+from pydantic import Field, PostgresDsn, RedisDsn, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -47,3 +47,50 @@ class S3Settings(_Settings):
 
 class ConcurrencySettings(_Settings):
     max_parallel_workers: int = Field(default=3, ge=1, le=1000)
+
+
+class AuthSettings(_Settings):
+    """Authentication of HTTP clients: read by the gateway and the progress service alike (both must agree)."""
+
+    auth_enabled: bool = True
+    """Off only for development on localhost (`make run` turns it off): every request is then the default tenant
+    with every scope."""
+    stream_token_secret: SecretStr | None = None
+    """HMAC key of the signed SSE stream tokens; required when authentication is on, the same on every gateway and
+    progress instance. At least 32 characters."""
+    stream_token_ttl_seconds: int = Field(default=300, ge=5, le=24 * 3600)
+    jwt_issuer: str | None = None
+    """Set it (with JWT_JWKS_URL or JWT_PUBLIC_KEY) to accept JWT bearer tokens from that issuer; unset: API keys
+    only."""
+    jwt_audience: str | None = None
+    jwt_jwks_url: str | None = None
+    jwt_public_key: str | None = None
+    """A PEM public key, instead of a JWKS URL."""
+    jwt_tenant_claim: str = "tenant"
+    jwt_algorithms: list[str] = Field(default_factory=lambda: ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"])
+
+    @model_validator(mode="after")
+    def _consistent_auth(self) -> "AuthSettings":
+        if self.auth_enabled:
+            secret = self.stream_token_secret.get_secret_value() if self.stream_token_secret else ""
+            if len(secret) < 32:
+                msg = (
+                    "STREAM_TOKEN_SECRET (32 characters or more, the same on every gateway and progress instance) is "
+                    "required when AUTH_ENABLED is true; generate one with "
+                    "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+                )
+                raise ValueError(msg)
+        if self.jwt_issuer and not (self.jwt_jwks_url or self.jwt_public_key):
+            msg = "JWT_ISSUER needs JWT_JWKS_URL or JWT_PUBLIC_KEY to verify the tokens"
+            raise ValueError(msg)
+        if any(alg.upper().startswith("HS") or alg.lower() == "none" for alg in self.jwt_algorithms):
+            msg = "JWT_ALGORITHMS may name only public-key algorithms (RS*, ES*, PS*, EdDSA)"
+            raise ValueError(msg)
+        return self
+
+
+class RateLimitSettings(_Settings):
+    rate_limit_per_minute: int = Field(default=600, ge=0)
+    """Requests per minute of one API key (or JWT subject), across every gateway instance; 0: no limit."""
+    rate_limit_anonymous_per_minute: int = Field(default=60, ge=0)
+    """Requests per minute from one client address without valid credentials; 0: no limit."""

@@ -8,7 +8,14 @@ from services.gateway.settings import GatewaySettings
 def main() -> None:
     settings = GatewaySettings()
     configure_logging(settings)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+    )
 
 
 if __name__ == "__main__":

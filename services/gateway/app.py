@@ -1,6 +1,7 @@
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import structlog
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
@@ -8,21 +9,32 @@ from faststream.redis import StreamSub
 from redis.asyncio import Redis
 from sqlalchemy import text
 
+from libs.common.auth import Authenticator
 from libs.common.broker import ensure_topology, make_broker
 from libs.common.db.session import create_engine, create_sessionmaker
 from libs.common.events import AnyObjectCommand
 from libs.common.events.streams import OBJECT_COMMANDS, reply_channel
+from libs.common.ratelimit import RateLimiter
 from services.gateway import errors
+from services.gateway.apikeys import ApiKeyService
 from services.gateway.commands import CommandBus
 from services.gateway.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from services.gateway.proxy import StreamProxy
 from services.gateway.routes import router
+from services.gateway.security import RateLimits
 from services.gateway.service import GatewayService
 from services.gateway.settings import GatewaySettings
+
+log = structlog.get_logger()
 
 DESCRIPTION = """
 Submit objects, run an ordered list of operations on each (validate, transform, enrich, analyze, export),
 and follow their progress. Every error is RFC 9457 problem details (`application/problem+json`).
+
+Authentication: an API key as `Authorization: Bearer <key>` or `X-API-Key: <key>` (or a JWT of the configured
+issuer). Scopes: `submit` (submit, cancel, retry), `read` (every read and stream), `admin` (everything, and the
+API keys). Every object belongs to the tenant of the key that submitted it; another tenant's object answers 404.
+Requests are rate limited per key (`RateLimit-*` headers; 429 with `Retry-After` past the limit).
 """
 
 
@@ -48,12 +60,25 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         )
         await commands.start()
         proxy = StreamProxy(str(settings.progress_url))
+        sessionmaker = create_sessionmaker(engine)
+        authenticator = Authenticator(settings, sessionmaker)
         app.state.engine = engine
         app.state.redis = redis
         app.state.proxy = proxy
-        app.state.service = GatewayService(
-            create_sessionmaker(engine), commands, settings.max_parallel_workers, settings.max_payload_bytes
+        app.state.authenticator = authenticator
+        app.state.rate_limits = RateLimits(
+            RateLimiter(redis), settings.rate_limit_per_minute, settings.rate_limit_anonymous_per_minute
         )
+        app.state.keys = ApiKeyService(sessionmaker)
+        app.state.service = GatewayService(
+            sessionmaker,
+            commands,
+            settings.max_parallel_workers,
+            settings.max_payload_bytes,
+            authenticator.stream_tokens,
+        )
+        if not settings.auth_enabled:
+            log.warning("auth.disabled", detail="AUTH_ENABLED is false: every request has every scope")
         try:
             yield
         finally:
@@ -71,9 +96,16 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["Content-Type", "Last-Event-ID", "X-Request-ID"],
-            expose_headers=["X-Request-ID", "Retry-After"],
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Content-Type", "Last-Event-ID", "X-Request-ID", "Authorization", "X-API-Key"],
+            expose_headers=[
+                "X-Request-ID",
+                "Retry-After",
+                "WWW-Authenticate",
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
+            ],
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)

@@ -9,7 +9,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from libs.common.errors import ServiceError, UnavailableError
+from libs.common.errors import RateLimitedError, ServiceError, UnauthorizedError, UnavailableError
 from services.gateway.schemas import Problem
 
 log = structlog.get_logger()
@@ -18,6 +18,8 @@ PROBLEM_JSON = "application/problem+json"
 DEPENDENCY_ERRORS = (OSError, TimeoutError, DBAPIError, RedisConnectionError, RedisTimeoutError)
 """Errors that mean PostgreSQL or Redis is unreachable or failing, not that the request is wrong."""
 RETRY_AFTER_SECONDS = "2"
+WWW_AUTHENTICATE = 'Bearer realm="object-processing-api"'
+"""RFC 9110: a 401 names the scheme to authenticate with. X-API-Key is accepted too (see /docs)."""
 
 
 def problem(status: int, title: str, detail: str, request: Request, **extra: object) -> JSONResponse:
@@ -49,6 +51,10 @@ async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
     response = problem(exc.http_status, exc.title, str(exc), request)
     if isinstance(exc, UnavailableError):
         response.headers["Retry-After"] = RETRY_AFTER_SECONDS
+    if isinstance(exc, UnauthorizedError):
+        response.headers["WWW-Authenticate"] = WWW_AUTHENTICATE
+    if isinstance(exc, RateLimitedError):
+        response.headers["Retry-After"] = str(exc.retry_after)
     return response
 
 

@@ -40,6 +40,9 @@ class RequestContextMiddleware:
                 headers[REQUEST_ID_HEADER] = request_id
                 for name, value in SECURITY_HEADERS.items():
                     headers.setdefault(name, value)
+                # Set by the rate limiter during the request (services/gateway/security.py), errors included.
+                for name, value in scope.get("state", {}).get("rate_limit_headers", {}).items():
+                    headers.setdefault(name, value)
             await send(message)
 
         with structlog.contextvars.bound_contextvars(request_id=request_id):

@@ -11,8 +11,15 @@ from fastapi.responses import Response, StreamingResponse
 
 from libs.common.errors import UnavailableError
 
-FORWARDED_REQUEST_HEADERS = ("last-event-id", "accept")
-FORWARDED_RESPONSE_HEADERS = ("content-type", "cache-control", "x-accel-buffering", "retry-after")
+# The credentials go upstream too: the progress service authenticates on its own (it is also reachable directly).
+FORWARDED_REQUEST_HEADERS = ("last-event-id", "accept", "authorization", "x-api-key")
+FORWARDED_RESPONSE_HEADERS = (
+    "content-type",
+    "cache-control",
+    "x-accel-buffering",
+    "retry-after",
+    "www-authenticate",
+)
 
 
 class StreamProxy:

@@ -15,7 +15,8 @@ from pydantic import (
     model_validator,
 )
 
-from libs.common.domain import IDENTIFIER_PATTERN, ObjectState, OperationName, check_identifier
+from libs.common.auth import Scope
+from libs.common.domain import IDENTIFIER_PATTERN, ObjectState, OperationName, check_identifier, check_tenant
 from libs.common.progress import OperationStatus
 from libs.common.registry import operation_options
 from libs.common.s3 import parse_s3_url
@@ -181,3 +182,44 @@ class BulkRetryRequest(BaseModel):
 class BulkRetryResponse(BaseModel):
     retried: list[UUID]
     refused: list[dict[str, str]] = Field(description="Objects not retried, with the reason (not failed, not found).")
+
+
+Tenant = Annotated[
+    str,
+    AfterValidator(check_tenant),
+    Field(
+        max_length=63,
+        description="Lower-case letters, digits and '-', 1-63 characters. `default` is the tenant of every object "
+        "when authentication is off; its artifacts keep the `{identifier}/` layout, every other tenant's are under "
+        "`tenants/{tenant}/`.",
+        examples=["acme"],
+    ),
+]
+
+
+class ApiKeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: Tenant | None = Field(default=None, description="The key's tenant; the caller's own when omitted.")
+    scopes: list[Scope] = Field(min_length=1, max_length=3, examples=[["submit", "read"]])
+    name: str | None = Field(default=None, max_length=200, description="What the key is for.")
+
+
+class ApiKeyResponse(BaseModel):
+    id: UUID
+    prefix: str = Field(description="The public start of the key (`opa_<prefix>_...`): how to recognise it.")
+    tenant: str
+    scopes: list[str]
+    name: str | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyResponse):
+    key: str = Field(description="The key itself. Shown this once: only its hash is stored.")
+
+
+class StreamTokenResponse(BaseModel):
+    token: str
+    expires_at: datetime
+    stream_url: str = Field(description="The object's SSE stream, with the token: give it to `EventSource` as is.")

@@ -5,17 +5,19 @@ import base64
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TypeVar
+from urllib.parse import urlencode
 from uuid import UUID, uuid4
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from libs.common.auth import Principal, StreamTokens
 from libs.common.db.models import ProcessingObject
-from libs.common.domain import ObjectState
+from libs.common.domain import DEFAULT_TENANT, TENANTS_PREFIX, ObjectState
 from libs.common.errors import InvalidTransitionError, NotFoundError, ServiceError
 from libs.common.events import CancelObjectV1, CommandReplyV1, RetryObjectV1, SubmitObjectV1
 from libs.common.progress import ProgressDocument, build_progress_document
 from services.gateway.commands import CommandBus
-from services.gateway.repository import ObjectReader
+from services.gateway.repository import ObjectReader, StatusReader
 from services.gateway.schemas import (
     BulkRetryRequest,
     BulkRetryResponse,
@@ -25,6 +27,7 @@ from services.gateway.schemas import (
     ProcessRequest,
     ProcessResponse,
     StatusResponse,
+    StreamTokenResponse,
 )
 
 T = TypeVar("T")
@@ -34,6 +37,18 @@ class PayloadTooLargeError(ServiceError):
     code = "payload_too_large"
     title = "Payload too large"
     http_status = 413
+
+
+class ReservedIdentifierError(ServiceError):
+    code = "reserved_identifier"
+    title = "Invalid request"
+    http_status = 422
+
+
+class StreamTokensOffError(ServiceError):
+    code = "stream_tokens_off"
+    title = "Not found"
+    http_status = 404
 
 
 class UnexpectedReplyError(RuntimeError):
@@ -50,13 +65,15 @@ class GatewayService:
         commands: CommandBus,
         max_parallel_workers: int,
         max_payload_bytes: int,
+        stream_tokens: StreamTokens | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.commands = commands
         self.max_parallel_workers = max_parallel_workers
         self.max_payload_bytes = max_payload_bytes
+        self.stream_tokens = stream_tokens
 
-    async def submit(self, request: ProcessRequest, payload_bytes: int) -> tuple[ProcessResponse, bool]:
+    async def submit(self, tenant: str, request: ProcessRequest, payload_bytes: int) -> tuple[ProcessResponse, bool]:
         """Returns the answer and whether the object is new (False: the identifier was already submitted)."""
         if payload_bytes > self.max_payload_bytes:
             msg = (
@@ -64,12 +81,17 @@ class GatewayService:
                 "Upload larger data to S3 and pass its s3:// URL as `source`."
             )
             raise PayloadTooLargeError(msg)
-        existing = await self._read(lambda r: r.get_by_identifier(request.identifier))
+        if tenant == DEFAULT_TENANT and request.identifier == TENANTS_PREFIX:
+            raise ReservedIdentifierError(
+                f"'{TENANTS_PREFIX}' is reserved: the artifacts of other tenants are stored under that S3 prefix"
+            )
+        existing = await self._read(tenant, lambda r: r.get_by_identifier(request.identifier))
         if existing is not None:
             return self._existing(existing), False
         command = SubmitObjectV1(
             object_id=uuid4(),
             reply_to=self.commands.reply_channel,
+            tenant=tenant,
             identifier=request.identifier,
             operations=request.operations,
             payload=request.payload,
@@ -81,7 +103,7 @@ class GatewayService:
         reply = await self.commands.send(command)
         if reply.outcome == "exists" and reply.object_id is not None:
             found_id = reply.object_id
-            existing = await self._read(lambda r: r.get(found_id))
+            existing = await self._read(tenant, lambda r: r.get(found_id))
             if existing is not None:
                 return self._existing(existing), False
         if reply.object_id is None or reply.task_id is None:
@@ -98,40 +120,55 @@ class GatewayService:
             True,
         )
 
-    async def cancel(self, object_id: UUID) -> CommandResponse:
+    async def cancel(self, tenant: str, object_id: UUID) -> CommandResponse:
+        # The orchestrator checks the tenant too: an object of another tenant is `not_found` there as well.
+        await self._owned(tenant, object_id)
         return self._command_response(
-            await self.commands.send(CancelObjectV1(object_id=object_id, reply_to=self.commands.reply_channel))
+            await self.commands.send(
+                CancelObjectV1(object_id=object_id, tenant=tenant, reply_to=self.commands.reply_channel)
+            )
         )
 
-    async def retry(self, object_id: UUID) -> CommandResponse:
+    async def retry(self, tenant: str, object_id: UUID) -> CommandResponse:
+        await self._owned(tenant, object_id)
         return self._command_response(
-            await self.commands.send(RetryObjectV1(object_id=object_id, reply_to=self.commands.reply_channel))
+            await self.commands.send(
+                RetryObjectV1(object_id=object_id, tenant=tenant, reply_to=self.commands.reply_channel)
+            )
         )
 
-    async def progress(self, object_id: UUID) -> ProgressDocument:
-        obj = await self._read(lambda r: r.get(object_id))
-        if obj is None:
-            raise NotFoundError(f"no object with id {object_id}")
-        return build_progress_document(obj)
+    async def progress(self, tenant: str, object_id: UUID) -> ProgressDocument:
+        return build_progress_document(await self._owned(tenant, object_id))
 
-    async def object_by_identifier(self, identifier: str) -> ObjectResponse:
-        obj = await self._read(lambda r: r.get_by_identifier(identifier))
+    async def stream_token(self, principal: Principal, object_id: UUID) -> StreamTokenResponse:
+        await self._owned(principal.tenant, object_id)
+        if self.stream_tokens is None:
+            raise StreamTokensOffError("stream tokens are off with authentication: open the stream without one")
+        token, expires_at = self.stream_tokens.sign(object_id, principal.tenant, principal.identity, principal.key_id)
+        return StreamTokenResponse(
+            token=token,
+            expires_at=expires_at,
+            stream_url=f"/api/v1/progress/{object_id}/stream?{urlencode({'token': token})}",
+        )
+
+    async def object_by_identifier(self, tenant: str, identifier: str) -> ObjectResponse:
+        obj = await self._read(tenant, lambda r: r.get_by_identifier(identifier))
         if obj is None:
             raise NotFoundError(f"no object with identifier {identifier!r}")
         return _object_response(obj)
 
-    async def list_objects(self, state: ObjectState | None, cursor: str | None, limit: int) -> ObjectPage:
+    async def list_objects(self, tenant: str, state: ObjectState | None, cursor: str | None, limit: int) -> ObjectPage:
         after = _decode_cursor(cursor) if cursor else None
-        rows = await self._read(lambda r: r.page(state, after, limit + 1))
+        rows = await self._read(tenant, lambda r: r.page(state, after, limit + 1))
         items = [_object_response(obj) for obj in rows[:limit]]
         next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
         return ObjectPage(items=items, next_cursor=next_cursor)
 
-    async def retry_many(self, request: BulkRetryRequest) -> BulkRetryResponse:
+    async def retry_many(self, tenant: str, request: BulkRetryRequest) -> BulkRetryResponse:
         if request.ids is not None:
             ids = list(dict.fromkeys(request.ids))
         else:
-            rows = await self._read(lambda r: r.page(ObjectState.FAILED, None, request.limit))
+            rows = await self._read(tenant, lambda r: r.page(ObjectState.FAILED, None, request.limit))
             ids = [obj.id for obj in rows]
         retried: list[UUID] = []
         refused: list[dict[str, str]] = []
@@ -140,7 +177,7 @@ class GatewayService:
         async def one(object_id: UUID) -> None:
             async with gate:
                 try:
-                    await self.retry(object_id)
+                    await self.retry(tenant, object_id)
                     retried.append(object_id)
                 except (NotFoundError, InvalidTransitionError) as exc:
                     refused.append({"id": str(object_id), "reason": str(exc)})
@@ -150,16 +187,23 @@ class GatewayService:
 
     async def status(self) -> StatusResponse:
         async with self.sessionmaker() as session:
-            counts = await ObjectReader(session).count_by_state()
+            counts = await StatusReader(session).count_by_state()
         return StatusResponse(
             queue_size=counts.get(ObjectState.QUEUED, 0),
             active_workers=counts.get(ObjectState.PROCESSING, 0),
             max_workers=self.max_parallel_workers,
         )
 
-    async def _read(self, query: Callable[[ObjectReader], Awaitable[T]]) -> T:
+    async def _read(self, tenant: str, query: Callable[[ObjectReader], Awaitable[T]]) -> T:
         async with self.sessionmaker() as session:
-            return await query(ObjectReader(session))
+            return await query(ObjectReader(session, tenant))
+
+    async def _owned(self, tenant: str, object_id: UUID) -> ProcessingObject:
+        """The tenant's object; NotFoundError, worded as for a missing one, when it is another tenant's."""
+        obj = await self._read(tenant, lambda r: r.get(object_id))
+        if obj is None:
+            raise NotFoundError(f"no object with id {object_id}")
+        return obj
 
     @staticmethod
     def _existing(obj: ProcessingObject) -> ProcessResponse:

@@ -1,9 +1,15 @@
 from pydantic import AnyHttpUrl, Field
 
-from libs.common.settings import ConcurrencySettings, DatabaseSettings, ServiceSettings
+from libs.common.settings import (
+    AuthSettings,
+    ConcurrencySettings,
+    DatabaseSettings,
+    RateLimitSettings,
+    ServiceSettings,
+)
 
 
-class GatewaySettings(ServiceSettings, DatabaseSettings, ConcurrencySettings):
+class GatewaySettings(ServiceSettings, DatabaseSettings, ConcurrencySettings, AuthSettings, RateLimitSettings):
     service_name: str = "gateway"
     port: int = Field(default=8000, ge=1, le=65535)
     progress_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8002")
@@ -15,3 +21,6 @@ class GatewaySettings(ServiceSettings, DatabaseSettings, ConcurrencySettings):
     """Any request body over this is refused (413) before it is read; keep it above MAX_PAYLOAD_BYTES."""
     cors_origins: list[str] = Field(default_factory=list)
     """Origins allowed to call the API from a browser (CORS); none by default. `["*"]` allows any."""
+    forwarded_allow_ips: str = "127.0.0.1"
+    """Proxies trusted to name the client address in X-Forwarded-For (it keys the anonymous rate limit); a
+    comma-separated list, or `*` when only a proxy can reach the gateway (docker-compose)."""

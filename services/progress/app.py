@@ -2,17 +2,19 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from faststream.redis import StreamSub
 from redis.asyncio import Redis
 from sqlalchemy import text
 
+from libs.common.auth import Authenticator
 from libs.common.broker import ensure_topology, make_broker
 from libs.common.db.session import create_engine, create_sessionmaker
-from libs.common.errors import ServiceError
+from libs.common.errors import RateLimitedError, ServiceError, UnauthorizedError
 from libs.common.events import ObjectProgressedV1
 from libs.common.events.streams import OBJECT_EVENTS
+from libs.common.ratelimit import StreamSlots
 from services.progress.hub import Hub
 from services.progress.routes import router
 from services.progress.service import ProgressStreams
@@ -41,7 +43,10 @@ def create_app(settings: ProgressSettings) -> FastAPI:
         app.state.engine = engine
         app.state.redis = redis
         app.state.hub = hub
-        app.state.streams = ProgressStreams(create_sessionmaker(engine), hub, settings.sse_retry_ms)
+        sessionmaker = create_sessionmaker(engine)
+        app.state.streams = ProgressStreams(sessionmaker, hub, settings.sse_retry_ms)
+        app.state.authenticator = Authenticator(settings, sessionmaker)
+        app.state.stream_slots = StreamSlots(redis)
         try:
             yield
         finally:
@@ -54,12 +59,23 @@ def create_app(settings: ProgressSettings) -> FastAPI:
     app.include_router(router)
 
     @app.exception_handler(ServiceError)
-    async def on_service_error(request: object, exc: ServiceError) -> JSONResponse:  # noqa: ARG001
-        return JSONResponse(
-            {"type": "about:blank", "title": exc.title, "status": exc.http_status, "detail": str(exc)},
+    async def on_service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        response = JSONResponse(
+            {
+                "type": "about:blank",
+                "title": exc.title,
+                "status": exc.http_status,
+                "detail": str(exc),
+                "instance": request.url.path,
+            },
             status_code=exc.http_status,
             media_type="application/problem+json",
         )
+        if isinstance(exc, UnauthorizedError):
+            response.headers["WWW-Authenticate"] = 'Bearer realm="object-processing-api"'
+        if isinstance(exc, RateLimitedError):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.get("/health")
     async def health() -> JSONResponse:

@@ -4,7 +4,7 @@ from uuid import UUID
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from libs.common.db.models import ObjectEvent
+from libs.common.db.models import ObjectEvent, ProcessingObject
 
 REPLAY_LIMIT = 1000
 
@@ -12,6 +12,9 @@ REPLAY_LIMIT = 1000
 class EventReader:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
+
+    async def tenant_of(self, object_id: UUID) -> str | None:
+        return await self.session.scalar(select(ProcessingObject.tenant).where(ProcessingObject.id == object_id))
 
     async def latest(self, object_id: UUID) -> ObjectEvent | None:
         return await self.session.scalar(

@@ -1,9 +1,16 @@
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Path, Request, Response
-from sse_starlette import EventSourceResponse
+from fastapi import APIRouter, Header, Path, Query, Request, Response
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from libs.common.auth import Authenticator, Principal, Scope
+from libs.common.errors import ForbiddenError, RateLimitedError
+from libs.common.ratelimit import StreamSlots
 from services.progress.service import ProgressStreams, StreamFinished
 
 router = APIRouter(prefix="/api/v1")
@@ -21,15 +28,56 @@ async def progress_stream(
     id: Annotated[UUID, Path()],
     request: Request,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+    token: Annotated[str | None, Query(max_length=4096)] = None,
 ) -> Response:
     streams: ProgressStreams = request.app.state.streams
+    authenticator: Authenticator = request.app.state.authenticator
+    principal = await authenticator.authenticate_stream(authenticator.credential(authorization, x_api_key), token, id)
+    if not principal.allows(Scope.READ):
+        raise ForbiddenError("this credential lacks the `read` scope")
     position = _parse_last_event_id(last_event_id)
     try:
-        await streams.check(id, position)
+        await streams.check(id, position, principal.tenant if authenticator.enabled else None)
     except StreamFinished:
         return Response(status_code=204)  # tells EventSource to stop reconnecting
+    events = streams.events(id, position)
+    if principal.identity is not None and request.app.state.settings.max_streams_per_key > 0:
+        events = await _capped(request, principal, events)
     return EventSourceResponse(
-        streams.events(id, position),
+        events,
         ping=request.app.state.settings.sse_ping_seconds,
         headers={"X-Accel-Buffering": "no"},
     )
+
+
+async def _capped(
+    request: Request, principal: Principal, events: AsyncIterator[ServerSentEvent]
+) -> AsyncIterator[ServerSentEvent]:
+    """Takes one of the caller's stream slots (429 when none is free) and returns the events, which give it back
+    when the stream ends; the slot is renewed while the stream runs, so a crashed instance's slots expire."""
+    slots: StreamSlots = request.app.state.stream_slots
+    limit: int = request.app.state.settings.max_streams_per_key
+    identity = principal.identity or ""
+    stream_id = uuid.uuid4().hex
+    if not await slots.acquire(identity, stream_id, limit):
+        raise RateLimitedError(f"at most {limit} streams may be open at once per key; close one first", 5)
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(slots.ttl_ms / 3000)
+            await slots.renew(identity, stream_id)
+
+    async def guarded() -> AsyncIterator[ServerSentEvent]:
+        renewer = asyncio.create_task(renew())
+        try:
+            async for event in events:
+                yield event
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+            await slots.release(identity, stream_id)
+
+    return guarded()

@@ -28,10 +28,13 @@ class ProgressStreams:
         self.hub = hub
         self.retry_ms = retry_ms
 
-    async def check(self, object_id: UUID, last_event_id: int | None) -> None:
-        """Raise before the response starts: NotFoundError for an unknown object, StreamFinished when nothing is left."""
+    async def check(self, object_id: UUID, last_event_id: int | None, tenant: str | None = None) -> None:
+        """Raise before the response starts: NotFoundError for an unknown object (or, when `tenant` is given, one of
+        another tenant: the same answer), StreamFinished when nothing is left."""
         async with self.sessionmaker() as session:
-            latest = await EventReader(session).latest(object_id)
+            reader = EventReader(session)
+            owner = await reader.tenant_of(object_id) if tenant is not None else None
+            latest = await reader.latest(object_id) if tenant is None or owner == tenant else None
         if latest is None:
             raise NotFoundError(f"no object with id {object_id}")
         if last_event_id is not None and last_event_id >= latest.seq and latest.document["state"] in TERMINAL:

@@ -1,9 +1,9 @@
 from pydantic import Field
 
-from libs.common.settings import DatabaseSettings, ServiceSettings
+from libs.common.settings import AuthSettings, DatabaseSettings, ServiceSettings
 
 
-class ProgressSettings(ServiceSettings, DatabaseSettings):
+class ProgressSettings(ServiceSettings, DatabaseSettings, AuthSettings):
     service_name: str = "progress"
     port: int = Field(default=8002, ge=1, le=65535)
     sse_ping_seconds: int = Field(default=15, ge=1, le=300)
@@ -12,3 +12,6 @@ class ProgressSettings(ServiceSettings, DatabaseSettings):
     subscriber_queue_size: int = Field(default=256, ge=1)
     """Events buffered per slow subscriber; past it the stream is closed and the client resumes with Last-Event-ID."""
     database_pool_size: int = Field(default=5, ge=1)
+    max_streams_per_key: int = Field(default=20, ge=0)
+    """Open SSE streams of one API key (or JWT subject) at once, across every instance; past it, 429. 0: no cap.
+    Not applied when authentication is off (there is no key to count by)."""

@@ -45,7 +45,9 @@ def stack_factory(s3_endpoint: str, bucket: str) -> Iterator[Callable[..., Stack
     redis_base = urlsplit(required_env("TEST_REDIS_URL"))
     base_index = int(redis_base.path.lstrip("/") or 0)
 
-    def factory(name: str, **overrides: object) -> Stack:
+    def factory(name: str, *, auth: bool = False, **overrides: object) -> Stack:
+        """A stack; `auth=True` turns authentication and the default rate limits on (off by default, as `make
+        run` has them, so tests that are not about security need no keys)."""
         db_name = f"opa_e2e_{name.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
         database_url = (
             make_url(required_env("TEST_DATABASE_URL"))
@@ -64,6 +66,7 @@ def stack_factory(s3_endpoint: str, bucket: str) -> Iterator[Callable[..., Stack
             orchestrator_port=free_port(),
             progress_port=free_port(),
             executor_base_port=free_port(),
+            auth_enabled=auth,
             **overrides,  # type: ignore[arg-type]
         )
         while not _free_run(settings.executor_base_port, settings.executors):
