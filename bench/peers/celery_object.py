@@ -1,0 +1,45 @@
+"""Celery, one task per object running its three operations in sequence: the only Celery shape that keeps
+our cap of three *objects* in processing.
+
+Worker settings and the choice of the prefork pool are celery_chain's (see its docstring), for the same reasons.
+"""
+
+import os
+
+from celery import Celery  # type: ignore[import-untyped]
+from pydantic import JsonValue
+
+from bench.peers.common import worker
+
+QUEUE = "bench_celery_object"
+
+app = Celery("bench_celery_object", broker=os.environ.get("BENCH_PEER_REDIS_URL", "redis://127.0.0.1:6381/1"))
+app.conf.update(
+    task_default_queue=QUEUE,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    worker_disable_rate_limits=True,
+    task_ignore_result=True,
+    broker_connection_retry_on_startup=True,
+)
+
+
+@app.task(name="bench.process_object")  # type: ignore[untyped-decorator]
+def process_object(object_id: str, identifier: str, operations: list[str], payload: JsonValue) -> None:
+    worker().run_object(object_id, identifier, operations, payload)
+
+
+def enqueue(object_id: str, identifier: str, operations: list[str], payload: JsonValue) -> None:
+    process_object.apply_async((object_id, identifier, operations, payload))
+
+
+def worker_argv(concurrency: int) -> list[str]:
+    return [
+        *("-A", __name__, "worker", "--pool", "prefork", "--concurrency", str(concurrency), "-Q", QUEUE),
+        *("--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"),
+        *("-n", f"{QUEUE}@%h"),
+    ]
+
+
+COMMAND = "celery"
