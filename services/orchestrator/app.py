@@ -25,7 +25,7 @@ REDIS_EPOCH_KEY = "orchestrator:redis-epoch"
 
 def create_app(settings: OrchestratorSettings) -> AsgiFastStream:
     broker = make_broker(settings)
-    engine = create_engine(settings)
+    engine = create_engine(settings, pre_ping=False)  # a handler that fails on a stale connection is retried
     sessionmaker = create_sessionmaker(engine)
     redis = Redis.from_url(str(settings.redis_url))
     relay = OutboxRelay(sessionmaker, redis, settings.stream_maxlen)

@@ -66,16 +66,16 @@ class Orchestrator:
                 # In the same transaction: a slot freed (or an object queued) is filled without a second round trip.
                 # Deadlock-free: admission skips rows other transactions hold, and takes its lock last.
                 await self.service.admit(uow)
-            outbox_ids = await uow.flush_outbox()
-        await self.relay.publish(outbox_ids)
+            outbox = await uow.flush_outbox()
+        await self.relay.publish_committed(outbox)
         return result
 
     async def admit(self) -> int:
         async with self.sessionmaker.begin() as session:
             uow = UnitOfWork(session)
             admitted = await self.service.admit(uow)
-            outbox_ids = await uow.flush_outbox()
-        await self.relay.publish(outbox_ids)
+            outbox = await uow.flush_outbox()
+        await self.relay.publish_committed(outbox)
         return admitted
 
     async def handle_command(self, command: SubmitObjectV1 | CancelObjectV1 | RetryObjectV1) -> None:
@@ -113,8 +113,8 @@ class Orchestrator:
         async with self.sessionmaker.begin() as session:
             uow = UnitOfWork(session)
             count = await self.service.redispatch(uow, lost, before)
-            outbox_ids = await uow.flush_outbox()
-        await self.relay.publish(outbox_ids)
+            outbox = await uow.flush_outbox()
+        await self.relay.publish_committed(outbox)
         return count
 
     async def database_ready(self) -> bool:

@@ -1,9 +1,11 @@
 """The outbox relay: publishes what committed transactions owe to Redis, then deletes it.
 
-Handlers call `publish(ids)` right after their commit (the fast path); `run()` sweeps whatever is left, e.g.
-rows of an instance that crashed between commit and publish. Rows are taken `FOR UPDATE SKIP LOCKED`, so any
-number of relays can run and each row is published by one of them; a crash after XADD and before the delete
-publishes a row twice, which consumers absorb (they are idempotent on `message_id`).
+Handlers call `publish_committed(rows)` right after their commit (the fast path): the rows are still in memory,
+so they are added to their streams at once and deleted with one autocommitted statement, without a second
+transaction. `run()` sweeps whatever is left, e.g. rows of an instance that crashed between commit and publish;
+it takes only rows older than `SWEEP_MIN_AGE_SECONDS`, so it does not race the fast path, and takes them
+`FOR UPDATE SKIP LOCKED`, so any number of relays can run. A crash (or a failed delete) after XADD publishes a
+row twice, which consumers absorb (they are idempotent on `message_id`).
 """
 
 import asyncio
@@ -13,12 +15,14 @@ import structlog
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from libs.common.db.models import OutboxMessage
 from libs.common.events.streams import DATA_FIELD
 from services.orchestrator.repository import OutboxRepository
 
 log = structlog.get_logger()
 
 BATCH_SIZE = 500
+SWEEP_MIN_AGE_SECONDS = 5.0
 
 
 class OutboxRelay:
@@ -27,26 +31,39 @@ class OutboxRelay:
         self.redis = redis
         self.stream_maxlen = stream_maxlen
 
-    async def publish(self, ids: Sequence[int] | None = None) -> int:
-        """Publish the given rows (or any pending rows, oldest first) and delete them. Returns how many."""
+    async def publish_committed(self, rows: Sequence[OutboxMessage]) -> None:
+        """Publish rows that the caller's transaction has just committed, then delete them."""
+        if not rows:
+            return
+        await self._xadd(rows)
+        async with self.sessionmaker() as session:
+            await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+            await OutboxRepository(session).delete([row.id for row in rows])
+
+    async def publish(self, ids: Sequence[int] | None = None, min_age_seconds: float = 0.0) -> int:
+        """Publish the given rows (or any pending rows at least `min_age_seconds` old, oldest first) and delete
+        them. Returns how many."""
         if ids is not None and not ids:
             return 0
         async with self.sessionmaker.begin() as session:
             outbox = OutboxRepository(session)
-            rows = await outbox.lock_batch(ids, BATCH_SIZE)
+            rows = await outbox.lock_batch(ids, BATCH_SIZE, min_age_seconds)
             if not rows:
                 return 0
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for row in rows:
-                    pipe.xadd(row.stream, {DATA_FIELD: row.body}, maxlen=self.stream_maxlen, approximate=True)
-                await pipe.execute()
+            await self._xadd(rows)
             await outbox.delete([row.id for row in rows])
         return len(rows)
+
+    async def _xadd(self, rows: Sequence[OutboxMessage]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for row in rows:
+                pipe.xadd(row.stream, {DATA_FIELD: row.body}, maxlen=self.stream_maxlen, approximate=True)
+            await pipe.execute()
 
     async def run(self, interval: float) -> None:
         while True:
             try:
-                while await self.publish() == BATCH_SIZE:
+                while await self.publish(min_age_seconds=SWEEP_MIN_AGE_SECONDS) == BATCH_SIZE:
                     pass
             except asyncio.CancelledError:
                 raise

@@ -1,7 +1,7 @@
 """All SQL of the orchestrator. Callers own the transaction; nothing here commits."""
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 from uuid import UUID
 
@@ -126,10 +126,14 @@ class OutboxRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def lock_batch(self, ids: Sequence[int] | None, limit: int) -> Sequence[OutboxMessage]:
+    async def lock_batch(
+        self, ids: Sequence[int] | None, limit: int, min_age_seconds: float = 0.0
+    ) -> Sequence[OutboxMessage]:
         query = select(OutboxMessage).order_by(OutboxMessage.id).limit(limit).with_for_update(skip_locked=True)
         if ids is not None:
             query = query.where(OutboxMessage.id.in_(ids))
+        if min_age_seconds > 0:
+            query = query.where(OutboxMessage.created_at < func.now() - timedelta(seconds=min_age_seconds))
         return (await self.session.scalars(query)).all()
 
     async def delete(self, ids: Sequence[int]) -> None:

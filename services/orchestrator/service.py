@@ -59,8 +59,11 @@ class UnitOfWork:
     def emit(self, stream: str, message: BaseModel) -> None:
         self.outbox.append(OutboxMessage(stream=stream, body=message.model_dump_json()))
 
-    async def flush_outbox(self) -> list[int]:
-        return await self.objects.add_outbox(self.outbox) if self.outbox else []
+    async def flush_outbox(self) -> list[OutboxMessage]:
+        """Write the outbox rows (they commit with the transaction); returns them, with their ids, for the relay."""
+        if self.outbox:
+            await self.objects.add_outbox(self.outbox)
+        return self.outbox
 
 
 class ObjectService:

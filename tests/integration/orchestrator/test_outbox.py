@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
 from typing import cast
 from uuid import uuid4
 
@@ -10,7 +11,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.common.db.models import OutboxMessage
@@ -152,3 +153,31 @@ async def test_run_sweeps_rows_committed_after_it_started(
             await sweeper
     assert len(await bodies(redis, streams[0])) == 1
     assert len(await bodies(redis, streams[1])) == 1
+
+
+async def test_publish_committed_adds_rows_from_memory_and_deletes_them(
+    sessionmaker: Sessionmaker, redis: Redis, streams: list[str]
+) -> None:
+    async with sessionmaker.begin() as session:
+        rows = [OutboxMessage(stream=streams[0], body=body(n)) for n in range(3)]
+        session.add_all(rows)
+    relay = OutboxRelay(sessionmaker, redis, stream_maxlen=1000)
+
+    await relay.publish_committed(rows)
+
+    assert await bodies(redis, streams[0]) == [row.body for row in rows]
+    assert await remaining(sessionmaker, [row.id for row in rows]) == 0
+
+
+async def test_the_sweep_leaves_fresh_rows_to_the_fast_path(
+    sessionmaker: Sessionmaker, redis: Redis, streams: list[str]
+) -> None:
+    ids = await add_rows(sessionmaker, [(streams[0], body(1))])
+    relay = OutboxRelay(sessionmaker, redis, stream_maxlen=1000)
+
+    assert await relay.publish(ids, min_age_seconds=60) == 0, "committed just now: the fast path publishes it"
+    async with sessionmaker.begin() as session:
+        await session.execute(
+            update(OutboxMessage).where(OutboxMessage.id.in_(ids)).values(created_at=func.now() - timedelta(minutes=2))
+        )
+    assert await relay.publish(ids, min_age_seconds=60) == 1, "left behind by a crashed instance: swept"
