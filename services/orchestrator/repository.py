@@ -9,7 +9,7 @@ from sqlalchemy import delete, func, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from libs.common.db.models import ObjectEvent, ObjectTransition, OutboxMessage, ProcessedMessage, ProcessingObject
+from libs.common.db.models import ObjectEvent, ObjectTransition, OutboxMessage, ProcessingObject
 from libs.common.domain import ObjectState
 
 # Key of the transaction-level advisory lock that serialises admission across orchestrator instances.
@@ -54,16 +54,6 @@ class ObjectRepository:
             .with_for_update()
             .execution_options(populate_existing=True)
         )
-
-    async def mark_processed(self, message_id: UUID) -> bool:
-        """Record a message as applied. False when it already was (a redelivery or a duplicate)."""
-        inserted = await self.session.scalar(
-            insert(ProcessedMessage)
-            .values(message_id=message_id)
-            .on_conflict_do_nothing()
-            .returning(ProcessedMessage.message_id)
-        )
-        return inserted is not None
 
     async def lock_admission(self) -> None:
         # Counting `processing` rows and then admitting is a read-then-write: two instances doing it at once could

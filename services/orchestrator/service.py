@@ -234,10 +234,12 @@ class ObjectService:
     # --- internals -------------------------------------------------------------------------------
 
     async def _lock_for_result(self, uow: UnitOfWork, event: OperationMessage) -> ProcessingObject | None:
-        """The object a result belongs to, or None when the result is stale or a duplicate and must change nothing."""
-        if not await uow.objects.mark_processed(event.message_id):
-            log.info("result.duplicate", message_id=str(event.message_id))
-            return None
+        """The object a result belongs to, or None when the result is stale or a duplicate and must change nothing.
+
+        This is what makes results idempotent, without an inbox table: a result applies only to the object's
+        current run (`task_id`) and current operation, and only until that operation is completed; the row lock
+        serialises two copies of one result, so the second finds it applied. (A repeated `started` is caught by
+        `operation_started`.)"""
         obj = await uow.objects.lock(event.object_id)
         if obj is None:
             log.warning("result.unknown_object", object_id=str(event.object_id))

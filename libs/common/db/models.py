@@ -103,15 +103,6 @@ class OutboxMessage(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
-class ProcessedMessage(Base):
-    """Inbox: ids of stream messages already applied, so a redelivery changes nothing."""
-
-    __tablename__ = "processed_message"
-
-    message_id: Mapped[UUID] = mapped_column(primary_key=True)
-    processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-
-
 class ApiKey(Base):
     """An API key. Only its SHA-256 is stored: the key itself is shown once, when it is created.
 
