@@ -259,8 +259,10 @@ OURS_FINISHED = (
 )
 
 
-def _start_stack(options: Options, name: str, endpoint: str, redis_url: str, cap: int, executors: int) -> Stack:
-    database_url = _sqlalchemy_url(options.database_url, f"bench_{name}_{uuid.uuid4().hex[:8]}")
+def _start_stack(
+    options: Options, name: str, database: str, endpoint: str, redis_url: str, cap: int, executors: int
+) -> Stack:
+    database_url = _sqlalchemy_url(options.database_url, database)
     bucket = f"bench-{name.replace('_', '-')}-{uuid.uuid4().hex[:6]}"
     extra = {
         "MAX_PARALLEL_WORKERS": str(cap),
@@ -328,7 +330,12 @@ def _stack_groups(stack: Stack) -> dict[str, list[int]]:
 
 @contextlib.asynccontextmanager
 async def ours(options: Options, name: str, endpoint: str, redis_url: str, cap: int, executors: int) -> Any:
-    stack = await asyncio.to_thread(_start_stack, options, name, endpoint, redis_url, cap, executors)
+    database = f"bench_{name}_{uuid.uuid4().hex[:8]}"
+    try:
+        stack = await asyncio.to_thread(_start_stack, options, name, database, endpoint, redis_url, cap, executors)
+    except BaseException:
+        await _admin(options.database_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        raise
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     try:
         async with httpx.AsyncClient(base_url=stack.base_url, timeout=60, limits=limits) as client:
@@ -336,10 +343,16 @@ async def ours(options: Options, name: str, endpoint: str, redis_url: str, cap: 
             async def submit() -> str:
                 body = {"identifier": f"bench-{uuid.uuid4().hex}", "operations": THREE, "payload": RECORDS}
                 response = await client.post("/api/v1/process", json=body)
+                for _ in range(20):
+                    if response.status_code != 503:
+                        break
+                    # As the README tells clients: the command stays queued; the same request again is safe.
+                    run.figures["submit_503s"] = run.figures.get("submit_503s", 0) + 1
+                    await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+                    response = await client.post("/api/v1/process", json=body)
                 response.raise_for_status()
                 return str(response.json()["id"])
 
-            database = make_url(stack.settings.database_url).database or ""
             run = Run(name, _dsn(options.database_url, database), submit, OURS_FINISHED, _stack_groups(stack))
             yield stack, client, run
     finally:
@@ -509,6 +522,10 @@ def _table(report: dict[str, Any]) -> Iterator[str]:
         f"{name}: " + ", ".join(f"{k} {v:.1f}" for k, v in f["cpu_ms_per_object"].items())
         for name, f in report["systems"].items()
     )
+    if retried := {name: f["submit_503s"] for name, f in report["systems"].items() if f.get("submit_503s")}:
+        yield "submissions answered 503 and sent again (the README's advice): " + ", ".join(
+            f"{name} {count}" for name, count in retried.items()
+        )
     if report["ratios"]:
         yield ""
         yield f"{'ours / peer':<22}{'obj/s':>8}{'p50 lat':>9}{'alone p50':>11}{'CPU/obj':>9}"
@@ -517,21 +534,27 @@ def _table(report: dict[str, Any]) -> Iterator[str]:
     s3 = report["s3_put_ceiling"]
     yield ""
     yield f"moto PUT ceiling: {s3['puts_per_s']:.0f} PUT/s (2 KB, {s3['clients']} clients)"
-    if raised := report.get("raised"):
+    if (raised := report.get("raised")) and "error" in raised:
+        yield f"raised: failed: {raised['error']}"
+    elif raised:
         yield (
             f"ours at cap {report['raised_cap']} with {report['raised_executors']} executors: "
             f"{raised['objects_per_s']:.1f} obj/s, p50 {raised['latency_p50_s']:.2f} s, CPU {raised['cpu_ms_per_object_system']:.1f} ms/obj; "
             f"bound (PUT ceiling / 3 artifacts) {report['s3_bound_objects_per_s']:.1f} obj/s -> "
             f"{raised['objects_per_s'] / report['s3_bound_objects_per_s']:.0%} of it"
         )
-    if submit := report.get("submit_path"):
+    if (submit := report.get("submit_path")) and "error" in submit:
+        yield f"submit_path: failed: {submit['error']}"
+    elif submit:
         paced, top = submit["offered"], submit["ceiling"]
         yield (
             f"submit path at {paced['offered_per_s']:.0f}/s offered: {paced['accepted_per_s']:.0f}/s accepted, "
             f"p50 {paced['p50_ms']:.1f} ms, p99 {paced['p99_ms']:.1f} ms, {paced['errors']} errors; "
             f"ceiling ({top['concurrency']} clients): {top['accepted_per_s']:.0f}/s, p50 {top['p50_ms']:.1f} ms, p99 {top['p99_ms']:.1f} ms"
         )
-    if sse := report.get("sse"):
+    if (sse := report.get("sse")) and "error" in sse:
+        yield f"sse: failed: {sse['error']}"
+    elif sse:
         yield (
             f"SSE fan-out: {sse['held']}/{sse['subscribers']} subscribers held (connected in {sse['connect_seconds']:.1f} s), "
             f"one event reached {sse['received']} of them, all within {sse['all_ms']:.0f} ms (p50 {sse['p50_ms']:.0f} ms); "
@@ -595,11 +618,21 @@ async def run_all(options: Options) -> dict[str, Any]:
             await measure(run, options, moto.pid, warmup, 64, singles=True)
             report["systems"]["ours"] = run.figures
             _say(f"SSE fan-out, {options.sse_subscribers} subscribers")
-            report["sse"] = await sse_fan_out(stack, client, run, options.sse_subscribers)
+            try:
+                report["sse"] = await sse_fan_out(stack, client, run, options.sse_subscribers)
+            except Exception as exc:  # noqa: BLE001 - one failed probe must not lose the rest of the run
+                report["sse"] = {"error": f"{type(exc).__name__}: {exc}"}
             _say(f"submit path: {options.offered_rate:g}/s offered for {options.offered_seconds:g} s, then the ceiling")
-            offered = await _probes.offered_load(stack.base_url, options.offered_rate, options.offered_seconds)
-            top = await _probes.ceiling(stack.base_url, options.ceiling_seconds)
-            report["submit_path"] = {"offered": offered, "ceiling": top, "note": "executors stopped: submission only"}
+            try:
+                offered = await _probes.offered_load(stack.base_url, options.offered_rate, options.offered_seconds)
+                top = await _probes.ceiling(stack.base_url, options.ceiling_seconds)
+                report["submit_path"] = {
+                    "offered": offered,
+                    "ceiling": top,
+                    "note": "executors paused: submission only",
+                }
+            except Exception as exc:  # noqa: BLE001 - one failed probe must not lose the rest of the run
+                report["submit_path"] = {"error": f"{type(exc).__name__}: {exc}"}
             _signal_executors(stack, signal.SIGCONT)
 
         await _admin(options.database_url, f'CREATE DATABASE "{peer_db}"')
