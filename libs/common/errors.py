@@ -9,6 +9,12 @@ class ServiceError(Exception):
     http_status: ClassVar[int] = 500
 
 
+class BadRequestError(ServiceError):
+    code = "bad_request"
+    title = "Bad request"
+    http_status = 400
+
+
 class NotFoundError(ServiceError):
     code = "not_found"
     title = "Not found"

@@ -9,7 +9,7 @@ import httpx
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
-from libs.common.errors import UnavailableError
+from libs.common.errors import BadRequestError, UnavailableError
 
 # The credentials go upstream too: the progress service authenticates on its own (it is also reachable directly).
 FORWARDED_REQUEST_HEADERS = ("last-event-id", "accept", "authorization", "x-api-key")
@@ -34,10 +34,13 @@ class StreamProxy:
         await self.client.aclose()
 
     async def forward(self, request: Request, path: str) -> Response:
-        headers = {k: v for k in FORWARDED_REQUEST_HEADERS if (v := request.headers.get(k)) is not None}
+        # Raw bytes: a header that is not ASCII passes through as it came instead of failing to encode here.
+        headers = [(k, v) for k, v in request.headers.raw if k.decode("latin-1").lower() in FORWARDED_REQUEST_HEADERS]
         upstream_request = self.client.build_request("GET", path, headers=headers, params=request.query_params)
         try:
             upstream = await self.client.send(upstream_request, stream=True)
+        except httpx.LocalProtocolError as exc:  # a header value HTTP/1.1 cannot carry: the client's request is bad
+            raise BadRequestError(f"a request header cannot be forwarded: {exc}") from None
         except httpx.TransportError:
             raise UnavailableError("the progress service is unreachable; try again shortly") from None
         response_headers = {k: v for k in FORWARDED_RESPONSE_HEADERS if (v := upstream.headers.get(k)) is not None}

@@ -94,3 +94,9 @@ async def test_unknown_and_malformed_ids_are_4xx(api: httpx.AsyncClient, method:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
     assert response.json()["detail"]
+
+
+async def test_a_stream_header_that_is_not_ascii_is_forwarded_not_a_500(api: httpx.AsyncClient) -> None:
+    response = await api.get(f"/api/v1/progress/{UNKNOWN_ID}/stream", headers={b"Last-Event-ID": b"\xe9t\xe9"})
+    assert response.status_code == 404, response.text  # it reached the progress service: the object does not exist
+    assert response.headers["content-type"] == "application/problem+json"
