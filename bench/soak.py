@@ -92,7 +92,7 @@ async def run(base_url: str, redis_url: str, minutes: float, rate: float, every:
         async def watcher() -> None:
             while True:
                 for object_id in [i for i in ids if i not in done][:200]:
-                    document = (await client.get(f"/api/v1/objects/{object_id}")).json()
+                    document = (await client.get(f"/api/v1/progress/{object_id}")).json()
                     if document["state"] in ("completed", "failed", "cancelled"):
                         done.add(object_id)
                 await asyncio.sleep(1)
