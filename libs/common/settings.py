@@ -58,7 +58,7 @@ class AuthSettings(_Settings):
     stream_token_secret: SecretStr | None = None
     """HMAC key of the signed SSE stream tokens; required when authentication is on, the same on every gateway and
     progress instance. At least 32 characters."""
-    stream_token_ttl_seconds: int = Field(default=300, ge=5, le=24 * 3600)
+    stream_token_ttl_seconds: int = Field(default=300, ge=1, le=24 * 3600)
     jwt_issuer: str | None = None
     """Set it (with JWT_JWKS_URL or JWT_PUBLIC_KEY) to accept JWT bearer tokens from that issuer; unset: API keys
     only."""

@@ -88,9 +88,10 @@ async def _authenticate(
 
 
 def require(scope: Scope) -> Callable[..., Awaitable[Principal]]:
-    async def dependency(request: Request, bearer: Bearer, api_key: ApiKeyHeader) -> Principal:
+    # `bearer` is declared for the OpenAPI document (the Authorize button); the header is read whole, below.
+    async def dependency(request: Request, bearer: Bearer, api_key: ApiKeyHeader) -> Principal:  # noqa: ARG001
         authenticator = get_authenticator(request)
-        credential = authenticator.credential(bearer.credentials if bearer else None, api_key)
+        credential = authenticator.credential(request.headers.get("authorization"), api_key)
         return await _authenticate(request, scope, lambda: authenticator.authenticate(credential))
 
     return dependency
@@ -99,7 +100,7 @@ def require(scope: Scope) -> Callable[..., Awaitable[Principal]]:
 async def require_stream_reader(
     request: Request,
     id: UUID,
-    bearer: Bearer,
+    bearer: Bearer,  # noqa: ARG001 - for the OpenAPI document
     api_key: ApiKeyHeader,
     token: Annotated[
         str | None,
@@ -111,7 +112,7 @@ async def require_stream_reader(
     ] = None,
 ) -> Principal:
     authenticator = get_authenticator(request)
-    credential = authenticator.credential(bearer.credentials if bearer else None, api_key)
+    credential = authenticator.credential(request.headers.get("authorization"), api_key)
     return await _authenticate(request, Scope.READ, lambda: authenticator.authenticate_stream(credential, token, id))
 
 

@@ -58,7 +58,11 @@ class SseEvent:
 
 
 async def read_sse(
-    api: httpx.AsyncClient, object_id: str, last_event_id: str | None = None, timeout: float = 60
+    api: httpx.AsyncClient,
+    object_id: str,
+    last_event_id: str | None = None,
+    timeout: float = 60,
+    params: dict[str, str] | None = None,
 ) -> tuple[int, list[SseEvent]]:
     """Reads the stream until the server ends it. Returns the status code and the events."""
     headers = {"Accept": "text/event-stream"}
@@ -67,7 +71,7 @@ async def read_sse(
     events: list[SseEvent] = []
     async with (
         asyncio.timeout(timeout),
-        api.stream("GET", f"/api/v1/progress/{object_id}/stream", headers=headers) as response,
+        api.stream("GET", f"/api/v1/progress/{object_id}/stream", headers=headers, params=params) as response,
     ):
         if response.status_code != 200:
             await response.aread()
