@@ -183,9 +183,17 @@ def main() -> None:
         f"steady state: {len(steady)} samples from {steady[0].elapsed:.0f} s to {steady[-1].elapsed:.0f} s, "
         f"{objects} objects completed in that window"
     )
+    # Trimming makes memory a sawtooth: compare its troughs, one per retention window, not single samples.
+    windows = [
+        [s for s in steady if start <= s.elapsed < start + args.retention]
+        for start in range(int(steady[0].elapsed), int(steady[-1].elapsed) + 1, args.retention)
+    ]
+    troughs = [(t.elapsed, t.used_memory / 2**20) for t in (min(w, key=lambda s: s.used_memory) for w in windows if w)]
     print(
-        f"used_memory: min {min(m for _, m in memory):.2f} MiB, max {max(m for _, m in memory):.2f} MiB, "
-        f"trend {slope_per_minute(memory):+.3f} MiB/min, {growth / max(objects, 1):+.1f} bytes per object"
+        f"used_memory: min {min(m for _, m in memory):.2f} MiB, max {max(m for _, m in memory):.2f} MiB; "
+        f"trend {slope_per_minute(memory):+.3f} MiB/min over the samples, {slope_per_minute(troughs):+.3f} MiB/min "
+        f"over the troughs ({' '.join(f'{m:.2f}' for _, m in troughs)} MiB); "
+        f"{growth / max(objects, 1):+.1f} bytes per object completed, first to last sample"
     )
     print(
         f"longest stream in steady state: {max(max(s.stream_lengths.values()) for s in steady)} entries; "
