@@ -65,6 +65,10 @@ PUBLIC_PORT = 8000
 ADDRESSES = {"DATABASE_URL": "postgres", "REDIS_URL": "redis", "S3_ENDPOINT_URL": "localstack"}
 """Address variables and the compose service each must point at, whatever the user's `.env` says."""
 
+REQUIRED_SECRETS = {"STREAM_TOKEN_SECRET": "s" * 43}
+"""What compose refuses to start without (`${VAR:?}`): secrets have no safe default, so a user must set them."""
+
+
 COMPOSE_ONLY_VARIABLES = {"POSTGRES_PASSWORD"}
 """Variables compose interpolates that no settings class reads (they configure the postgres image)."""
 
@@ -150,7 +154,7 @@ def raw_compose() -> dict[str, Any]:
 
 
 def compose(env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    document: dict[str, Any] = interpolated(raw_compose(), env or {})
+    document: dict[str, Any] = interpolated(raw_compose(), REQUIRED_SECRETS if env is None else env)
     return document
 
 
@@ -215,7 +219,7 @@ ENVIRONMENTS = ("no .env", ".env copied from .env.example")
 
 
 def user_environment(which: str) -> dict[str, str]:
-    return {} if which == ENVIRONMENTS[0] else env_example()[0]
+    return {**REQUIRED_SECRETS, **({} if which == ENVIRONMENTS[0] else env_example()[0])}
 
 
 # --- settings classes -----------------------------------------------------------------------------------
@@ -253,6 +257,11 @@ def from_values_only(settings: type[BaseSettings], values: Mapping[str, str]) ->
     isolated: type[BaseSettings] = type(f"Isolated{settings.__name__}", (settings,), namespace)
     fields = env_names(settings)
     return isolated.model_validate({fields[name.upper()]: value for name, value in values.items()})
+
+
+def secrets_for(settings: type[BaseSettings]) -> dict[str, str]:
+    """The required secrets this settings class reads: a user of compose has set them."""
+    return {name: value for name, value in REQUIRED_SECRETS.items() if name in env_names(settings)}
 
 
 def read_by_some_settings() -> set[str]:
@@ -324,14 +333,20 @@ def test_compose_defaults_match_the_code_defaults(name: str) -> None:
         if match is None or match["name"] != variable:
             continue
         field_name = fields[variable]
-        built = getattr(from_values_only(settings, {variable: match["default"]}), field_name)
+        values = {**secrets_for(settings), variable: match["default"]}
+        built = getattr(from_values_only(settings, values), field_name)
         default = settings.model_fields[field_name].get_default(call_default_factory=True)
         assert built == default, f"{name}: {variable} defaults to {match['default']!r}, the code to {default!r}"
 
 
-def test_compose_resolves_without_a_dotenv() -> None:
-    """`docker compose up` works without a .env (README): every interpolation resolves with nothing set."""
-    compose({})
+def test_compose_resolves_with_only_the_required_secrets() -> None:
+    """`docker compose up` needs nothing but the secrets (README): every other interpolation has a default."""
+    compose(REQUIRED_SECRETS)
+
+
+def test_compose_refuses_to_start_without_the_stream_token_secret() -> None:
+    with pytest.raises(InterpolationError, match="STREAM_TOKEN_SECRET"):
+        compose({})
 
 
 def test_compose_interpolates_only_variables_with_one_meaning() -> None:
@@ -828,4 +843,5 @@ def test_env_example_covers_the_documented_configuration() -> None:
 def test_env_example_values_are_valid(module: str) -> None:
     active, _ = env_example()
     fields = env_names(SETTINGS[module])
-    from_values_only(SETTINGS[module], {name: value for name, value in active.items() if name in fields})
+    values = {name: value for name, value in active.items() if name in fields}
+    from_values_only(SETTINGS[module], {**secrets_for(SETTINGS[module]), **values})
