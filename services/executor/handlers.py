@@ -15,7 +15,13 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from libs.common.events import AnyOperationResult, OperationFailedV1, RunOperationV1
-from libs.common.events.streams import EXECUTOR_GROUP, OPERATION_COMMANDS, OPERATION_RESULTS, running_operation_key
+from libs.common.events.streams import (
+    EXECUTOR_GROUP,
+    OPERATION_COMMANDS,
+    OPERATION_RESULTS,
+    RUN_DONE,
+    running_operation_key,
+)
 from libs.common.reclaim import Reclaimer, entry_id_of, heartbeat
 from libs.common.retry import backoff_delay
 from services.executor.service import OperationRunner
@@ -23,6 +29,9 @@ from services.executor.settings import ExecutorSettings
 
 log = structlog.get_logger()
 
+DONE_TTL_MS = 600_000
+"""How long a finished operation's running key remembers it: duplicates come within seconds (a relay that
+republished, a reclaim), so ten minutes is generous, and the keys stay few (rate x 10 min)."""
 PUBLISH_ATTEMPTS = 8
 """About 25 s of backoff: longer than a Redis restart."""
 
@@ -36,47 +45,68 @@ class Executor:
     redis: Redis | None = field(default=None, repr=False)
     busy: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
-    async def execute(self, command: RunOperationV1, entry_id: str) -> None:
+    async def execute(self, command: RunOperationV1, entry_id: str, *, redelivered: bool = False) -> None:
         """Run one command. Acknowledged by the caller only if this returns: after the artifact is in S3 and the
-        result is published. Raises (leaving the entry pending, for the Reclaimer) on what may pass later."""
+        result is published. Raises (leaving the entry pending, for the Reclaimer) on what may pass later.
+        `redelivered`: the entry was claimed from another consumer, so the operation may have completed."""
         if self.runner is None or self.redis is None:
             raise RuntimeError("executor not started")
         structlog.contextvars.bind_contextvars(
             object_id=str(command.object_id), operation=command.operation, message_id=str(command.message_id)
         )
-        me, redis = self.settings.instance_id, self.redis
         # One run of an operation at a time across executors: a copy of a command that another executor is running
-        # (redelivered after Redis lost its streams, or claimed from a consumer that was only slow) waits for that
-        # run, then finds its artifact and reports it instead of computing it again. The key expires if its holder
-        # dies, so the wait ends in a takeover.
+        # (duplicated, re-sent after Redis lost its streams, or claimed from a consumer that was only slow) waits
+        # for that run, then reports its artifact instead of computing it again. The key expires if its holder
+        # dies, so the wait ends in a takeover; after a run it says DONE for a while, so a late copy knows too.
         lock_key = running_operation_key(command.object_id, command.operation, command.task_id)
-        ttl = self.settings.claim_idle_ms
         async with (
             heartbeat(
                 str(self.settings.redis_url),
                 OPERATION_COMMANDS,
                 EXECUTOR_GROUP,
-                me,
+                self.settings.instance_id,
                 entry_id,
                 self.heartbeat_seconds,
-                lock=(lock_key, ttl),
+                lock=(lock_key, self.settings.claim_idle_ms),
             ),
             self.busy,
         ):  # and one operation at a time in this executor, whether read live or reclaimed
-            while not await redis.set(lock_key, me, nx=True, px=ttl):
-                if await redis.get(lock_key) == me.encode():
-                    break
-                await asyncio.sleep(self.heartbeat_seconds / 2)
+            ran_before = await self._hold(self.redis, lock_key)
             try:
                 await self._publish(self.runner.started(command))
-                result = await self.runner.run(command)
+                may_be_done = ran_before or redelivered or command.resent
+                result = await self.runner.run(command, may_be_done=may_be_done)
                 await self._publish(result)
-            finally:
-                try:
-                    if await redis.get(lock_key) == me.encode():
-                        await redis.delete(lock_key)
-                except RedisError:  # Redis is down: the key expires by itself within `ttl`
-                    log.warning("running_key.release_failed", key=lock_key)
+            except BaseException:
+                await self._release(self.redis, lock_key)
+                raise
+            await self._mark_done(self.redis, lock_key)
+
+    async def _hold(self, redis: Redis, key: str) -> bool:
+        """Take the operation's running key, waiting while another executor holds it. True when a run of this
+        operation finished before (the key said DONE)."""
+        me = self.settings.instance_id
+        while not await redis.set(key, me, nx=True, px=self.settings.claim_idle_ms):
+            holder = await redis.get(key)
+            if holder == me.encode():
+                return False
+            if holder == RUN_DONE and await redis.set(key, me, xx=True, px=self.settings.claim_idle_ms):
+                return True
+            await asyncio.sleep(self.heartbeat_seconds / 2)
+        return False
+
+    async def _mark_done(self, redis: Redis, key: str) -> None:
+        try:
+            await redis.set(key, RUN_DONE, px=DONE_TTL_MS)
+        except RedisError:  # only a late duplicate would miss it, and it finds the artifact or runs again
+            log.warning("running_key.mark_done_failed", key=key)
+
+    async def _release(self, redis: Redis, key: str) -> None:
+        try:
+            if await redis.get(key) == self.settings.instance_id.encode():
+                await redis.delete(key)
+        except RedisError:  # Redis is down: the key expires by itself
+            log.warning("running_key.release_failed", key=key)
 
     async def give_up(self, body: bytes, reason: str) -> None:
         """A command dead-lettered after too many deliveries: fail its object with the reason."""
@@ -144,7 +174,7 @@ def reclaimer(redis: Redis, settings: ExecutorSettings, executor: Executor) -> R
     commands: TypeAdapter[RunOperationV1] = TypeAdapter(RunOperationV1)
 
     async def handle(body: bytes, entry_id: str) -> None:
-        await executor.execute(commands.validate_json(body), entry_id)
+        await executor.execute(commands.validate_json(body), entry_id, redelivered=True)
 
     return Reclaimer(
         redis=redis,

@@ -37,16 +37,20 @@ class OperationRunner:
     def started(self, command: RunOperationV1) -> OperationStartedV1:
         return OperationStartedV1(**self._ids(command), executor_id=self.executor_id)
 
-    async def run(self, command: RunOperationV1) -> Result:
+    async def run(self, command: RunOperationV1, *, may_be_done: bool = True) -> Result:
         """Returns the result to publish. Raises only for what may succeed on another delivery: S3 unavailable
-        through every retry (StorageUnavailableError) leaves the command pending, to be tried again later."""
+        through every retry (StorageUnavailableError) leaves the command pending, to be tried again later.
+
+        `may_be_done`: the command may have run to completion before (a redelivery, a re-sent or duplicated
+        command); its artifact is looked for first and, when it succeeded, reported instead of recomputed. A
+        first delivery skips that S3 request."""
         key = artifact_key(command.identifier, command.operation, command.tenant)
         started_at = datetime.now(UTC)
         clock = time.perf_counter()
         records: RecordStream | None = None
         try:
             # Inside the try, so a missing or refused artifact fails the operation; S3 being down escapes (retried later).
-            previous = await self._previous_success(command, key)
+            previous = await self._previous_success(command, key) if may_be_done else None
             if previous is not None:
                 log.info("operation.already_done", operation=command.operation)
                 return previous

@@ -1,7 +1,7 @@
 """Finding operations whose command was lost: in flight in PostgreSQL, with no trace of it left in Redis.
 
 PostgreSQL says which operation each processing object is running. Redis shows the work is alive when an
-executor holds the operation's running key, when the command is pending in the executor group (a consumer
+executor holds the operation's running key (and has not marked it done), when the command is pending in the executor group (a consumer
 has it; the Reclaimer takes it over if that consumer died), or when the group has unread commands (it may be
 queued there; nothing can be concluded until the executors catch up). Anything else was lost (Redis lost its
 data, or an entry was deleted by hand) and is re-sent from PostgreSQL.
@@ -14,7 +14,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from libs.common.events.streams import DATA_FIELD, EXECUTOR_GROUP, OPERATION_COMMANDS, running_operation_key
+from libs.common.events.streams import DATA_FIELD, EXECUTOR_GROUP, OPERATION_COMMANDS, RUN_DONE, running_operation_key
 from services.orchestrator.repository import InFlight
 
 PENDING_SCAN_LIMIT = 10_000
@@ -38,12 +38,13 @@ async def lost_operations(redis: Redis, in_flight: Sequence[InFlight]) -> list[U
             pending_objects = await _pending_object_ids(redis)
     async with redis.pipeline(transaction=False) as pipe:
         for item in in_flight:
-            pipe.exists(running_operation_key(item.object_id, item.operation, item.task_id))
-        running = await pipe.execute()
+            pipe.get(running_operation_key(item.object_id, item.operation, item.task_id))
+        holders = await pipe.execute()
+    # A key saying RUN_DONE means the run finished but its result never arrived: that is lost work too.
     return [
         item.object_id
-        for item, held in zip(in_flight, running, strict=True)
-        if not held and str(item.object_id) not in pending_objects
+        for item, holder in zip(in_flight, holders, strict=True)
+        if holder in (None, RUN_DONE) and str(item.object_id) not in pending_objects
     ]
 
 

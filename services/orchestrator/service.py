@@ -226,7 +226,7 @@ class ObjectService:
         for obj in objects:
             if obj.cancel_requested and obj.operations_status.get(obj.current_operation or "", {}).get("completed"):
                 continue
-            self._dispatch_next(uow, obj)
+            self._dispatch_next(uow, obj, resent=True)
         if objects:
             log.warning("objects.redispatched", count=len(objects), ids=[str(obj.id) for obj in objects])
         return len(objects)
@@ -261,7 +261,7 @@ class ObjectService:
             return None
         return obj
 
-    def _dispatch_next(self, uow: UnitOfWork, obj: ProcessingObject) -> bool:
+    def _dispatch_next(self, uow: UnitOfWork, obj: ProcessingObject, *, resent: bool = False) -> bool:
         """Send the first operation not yet completed to the executors. False when none is left."""
         pending = [op for op in obj.operations if not obj.operations_status.get(op, {}).get("completed")]
         if not pending:
@@ -285,6 +285,7 @@ class ObjectService:
                 payload=obj.payload,
                 metadata=obj.object_metadata,
                 options=obj.options.get(operation, {}),
+                resent=resent,
             ),
         )
         return True

@@ -37,6 +37,9 @@ class RunOperationV1(OperationMessage):
     payload: JsonValue = None
     metadata: JsonObject = Field(default_factory=dict)
     options: JsonObject = Field(default_factory=dict)
+    resent: bool = False
+    """True when the orchestrator sends the command again because the first copy was lost: the operation may
+    have completed already, so the executor looks for its artifact before running it."""
 
 
 class OperationStartedV1(OperationMessage):

@@ -32,9 +32,13 @@ DATA_FIELD: Final = "__data__"
 
 
 def running_operation_key(object_id: object, operation: str, task_id: object) -> str:
-    """Held by the executor running this operation (renewed every second, expiring if it dies): one run at a
-    time across executors, and the orchestrator's evidence that the work is not lost."""
+    """Holds the id of the executor running this operation (renewed every second, expiring if it dies): one run
+    at a time across executors, and the orchestrator's evidence that the work is not lost. After a run it holds
+    RUN_DONE for a while, so that a late duplicate of the command knows."""
     return f"executor:running:{object_id}:{operation}:{task_id}"
+
+
+RUN_DONE: Final = b"done"
 
 
 def reply_channel(service_name: str, instance_id: str) -> str:

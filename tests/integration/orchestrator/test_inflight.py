@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from libs.common.broker import ensure_topology
 from libs.common.domain import Operation
 from libs.common.events import SubmitObjectV1
-from libs.common.events.streams import DATA_FIELD, EXECUTOR_GROUP, OPERATION_COMMANDS, running_operation_key
+from libs.common.events.streams import DATA_FIELD, EXECUTOR_GROUP, OPERATION_COMMANDS, RUN_DONE, running_operation_key
 from services.orchestrator.handlers import Orchestrator
 from services.orchestrator.outbox import OutboxRelay
 from services.orchestrator.service import ObjectService
@@ -94,3 +94,22 @@ async def test_redis_emptied_everything_in_flight_is_sent_again(orchestrator: Or
     assert await orchestrator.redispatch_lost(older_than_seconds=0) == 3
     sent = [len(await commands_for(redis, object_id)) for object_id in objects]
     assert sorted(sent) == [0, 1, 1, 1]
+
+
+async def test_a_run_marked_done_whose_result_never_came_is_sent_again(
+    orchestrator: Orchestrator, redis: Redis
+) -> None:
+    object_id = await submit(orchestrator)
+    [entry_id] = await commands_for(redis, object_id)
+    command = orjson.loads(
+        cast(list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(OPERATION_COMMANDS))[0][1][DATA_FIELD.encode()]
+    )
+    await redis.xreadgroup(EXECUTOR_GROUP, "executor-1", {OPERATION_COMMANDS: ">"}, count=10)
+    await redis.xack(OPERATION_COMMANDS, EXECUTOR_GROUP, entry_id)
+    await redis.set(running_operation_key(object_id, command["operation"], command["task_id"]), RUN_DONE)
+
+    assert await orchestrator.redispatch_lost(older_than_seconds=0) == 1
+    resent = orjson.loads(
+        cast(list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(OPERATION_COMMANDS))[-1][1][DATA_FIELD.encode()]
+    )
+    assert resent["resent"] is True, "the executor is told to look for the artifact first"
