@@ -36,14 +36,18 @@ OperationName = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-
 """An operation's name on the wire: a built-in `Operation`, or a plugin's name (see libs/common/registry.py)."""
 
 
-IDENTIFIER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$"
-"""Identifiers become S3 key prefixes: letters, digits, '-', '_' and '.', 1-255 chars; no '/' (and no '..', checked
-by `check_identifier`, since the pattern engine has no look-ahead)."""
+IDENTIFIER_PATTERN = r"^[A-Za-z0-9](?:\.?[A-Za-z0-9_-])*\.?$"
+"""Identifiers become S3 key prefixes: letters, digits, '-', '_' and single dots, starting with a letter or digit
+(so no '/', no '..'); 1-255 characters (a length limit beside the pattern). Written without look-ahead, so that
+every JSON Schema engine and test generator reads it the same way."""
 
 
 def check_identifier(value: str) -> str:
     if ".." in value:
         msg = "must not contain '..'"
+        raise ValueError(msg)
+    if not re.fullmatch(IDENTIFIER_PATTERN, value):
+        msg = "must start with a letter or digit and contain only letters, digits, '-', '_' and single dots"
         raise ValueError(msg)
     return value
 

@@ -8,6 +8,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from libs.common.errors import RateLimitedError, ServiceError, UnauthorizedError, UnavailableError
 from services.gateway.schemas import Problem
@@ -62,11 +63,24 @@ async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, StarletteHTTPException):
         raise exc
     detail = str(exc.detail)
+    headers = dict(exc.headers or {})
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no route {request.method} {request.url.path}"
+    if exc.status_code == 405:
+        # Starlette lists the methods of the first route whose path matched; a path served by several routes
+        # (GET and POST /api/v1/keys) supports all of theirs.
+        allowed = sorted(
+            {
+                method
+                for route in request.app.router.routes
+                if isinstance(route, Route) and route.methods and route.path_regex.fullmatch(request.url.path)
+                for method in route.methods
+            }
+        )
+        headers["Allow"] = ", ".join(allowed)
+        detail = f"{request.method} is not allowed here; use {', '.join(allowed)}"
     response = problem(exc.status_code, _title(exc.status_code), detail, request)
-    for key, value in (exc.headers or {}).items():
-        response.headers[key] = value
+    response.headers.update(headers)
     return response
 
 

@@ -10,28 +10,38 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    StrictBool,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
 )
 
 from libs.common.auth import Scope
-from libs.common.domain import IDENTIFIER_PATTERN, ObjectState, OperationName, check_identifier, check_tenant
+from libs.common.domain import (
+    IDENTIFIER_PATTERN,
+    TENANT_PATTERN,
+    ObjectState,
+    OperationName,
+    check_identifier,
+    check_tenant,
+)
 from libs.common.progress import OperationStatus
 from libs.common.registry import operation_options
 from libs.common.s3 import parse_s3_url
 
 Identifier = Annotated[
     str,
-    AfterValidator(check_identifier),
+    # The Field before the validator: constraints placed after a validator are left out of the JSON Schema.
     Field(
         min_length=1,
         max_length=255,
-        pattern=IDENTIFIER_PATTERN,
+        json_schema_extra={"pattern": IDENTIFIER_PATTERN},  # documented here, enforced with clear messages below
         description="1-255 characters: letters, digits, '-', '_' and single dots, starting with a letter or digit. "
         "No '..'. It becomes the S3 prefix of the object's artifacts.",
         examples=["object-123"],
     ),
+    AfterValidator(check_identifier),
 ]
 
 
@@ -168,8 +178,11 @@ class BulkRetryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ids: list[UUID] | None = Field(default=None, max_length=500, description="Retry these objects.")
-    all_failed: bool = Field(default=False, description="Retry every failed object (up to `limit`), oldest first.")
-    limit: int = Field(default=100, ge=1, le=500)
+    # Strict: `0` or `"yes"` is not a boolean, and `"100"` is not a number, in a JSON body.
+    all_failed: StrictBool = Field(
+        default=False, description="Retry every failed object (up to `limit`), oldest first."
+    )
+    limit: StrictInt = Field(default=100, ge=1, le=500)
 
     @model_validator(mode="after")
     def _one_selector(self) -> "BulkRetryRequest":
@@ -189,6 +202,7 @@ Tenant = Annotated[
     AfterValidator(check_tenant),
     Field(
         max_length=63,
+        json_schema_extra={"pattern": TENANT_PATTERN},  # documented; check_tenant enforces it with a clearer message
         description="Lower-case letters, digits and '-', 1-63 characters. `default` is the tenant of every object "
         "when authentication is off; its artifacts keep the `{identifier}/` layout, every other tenant's are under "
         "`tenants/{tenant}/`.",

@@ -9,8 +9,8 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import Depends, Query, Request
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 
 from libs.common.auth import Authenticator, Principal, Scope
 from libs.common.errors import ForbiddenError, RateLimitedError, UnauthorizedError
@@ -21,6 +21,15 @@ bearer_scheme = HTTPBearer(
     scheme_name="bearer",
     description="An API key (`opa_...`) or, when JWT_ISSUER is set, a JWT of that issuer. Scopes: `submit` "
     "(submit, cancel, retry), `read` (every read, streams and stream tokens), `admin` (everything, and API keys).",
+)
+# A security scheme rather than a plain query parameter, so that clients and tools (schemathesis) know that
+# `?token=` is a credential.
+stream_token_scheme = APIKeyQuery(
+    name="token",
+    auto_error=False,
+    scheme_name="streamToken",
+    description="A stream token from `POST /api/v1/objects/{id}/stream-token`, for clients that cannot send "
+    "headers (a browser's EventSource); valid only for that object's stream.",
 )
 api_key_scheme = APIKeyHeader(
     name="X-API-Key", auto_error=False, scheme_name="apiKey", description="An API key, instead of a bearer token."
@@ -102,14 +111,7 @@ async def require_stream_reader(
     id: UUID,
     bearer: Bearer,  # noqa: ARG001 - for the OpenAPI document
     api_key: ApiKeyHeader,
-    token: Annotated[
-        str | None,
-        Query(
-            max_length=4096,
-            description="A stream token from `POST /api/v1/objects/{id}/stream-token`, for clients that cannot send "
-            "headers (a browser's EventSource).",
-        ),
-    ] = None,
+    token: Annotated[str | None, Depends(stream_token_scheme)],
 ) -> Principal:
     authenticator = get_authenticator(request)
     credential = authenticator.credential(request.headers.get("authorization"), api_key)
