@@ -18,7 +18,7 @@ from libs.common.ratelimit import RateLimiter
 from services.gateway import errors
 from services.gateway.apikeys import ApiKeyService
 from services.gateway.commands import CommandBus
-from services.gateway.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from services.gateway.middleware import BodyLimitMiddleware, LoadSheddingMiddleware, RequestContextMiddleware
 from services.gateway.proxy import StreamProxy
 from services.gateway.routes import router
 from services.gateway.security import RateLimits
@@ -108,6 +108,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             ],
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(LoadSheddingMiddleware, max_in_flight=settings.max_in_flight_requests)
     app.add_middleware(RequestContextMiddleware)
 
     @app.get("/health", tags=["health"], responses={503: {"description": "A dependency is unreachable."}})

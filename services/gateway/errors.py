@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
@@ -16,7 +17,8 @@ from services.gateway.schemas import Problem
 log = structlog.get_logger()
 
 PROBLEM_JSON = "application/problem+json"
-DEPENDENCY_ERRORS = (OSError, TimeoutError, DBAPIError, RedisConnectionError, RedisTimeoutError)
+# PoolTimeoutError: no database connection free within the pool timeout (overload), the same answer.
+DEPENDENCY_ERRORS = (OSError, TimeoutError, DBAPIError, PoolTimeoutError, RedisConnectionError, RedisTimeoutError)
 """Errors that mean PostgreSQL or Redis is unreachable or failing, not that the request is wrong."""
 RETRY_AFTER_SECONDS = "2"
 WWW_AUTHENTICATE = 'Bearer realm="object-processing-api"'

@@ -1,5 +1,5 @@
-"""HTTP middleware of the gateway: request ids, security headers, a body size limit. Pure ASGI (no
-BaseHTTPMiddleware), so streamed responses such as SSE pass through unbuffered."""
+"""HTTP middleware of the gateway: request ids, security headers, a body size limit, load shedding. Pure ASGI
+(no BaseHTTPMiddleware), so streamed responses such as SSE pass through unbuffered."""
 
 import re
 import uuid
@@ -90,23 +90,63 @@ class BodyLimitMiddleware:
             await self._refuse(scope, send)
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
-        body = orjson.dumps(
-            {
-                "type": "about:blank",
-                "title": "Request body too large",
-                "status": 413,
-                "detail": f"the request body is over {self.max_bytes} bytes; put large data in S3 and pass `source`",
-                "instance": scope.get("path", ""),
-            }
-        )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/problem+json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        detail = f"the request body is over {self.max_bytes} bytes; put large data in S3 and pass `source`"
+        await _problem(send, 413, "Request body too large", detail, scope.get("path", ""), [])
+
+
+class LoadSheddingMiddleware:
+    """Answers 503 + Retry-After at once when this instance already has `max_in_flight` requests in progress.
+
+    Offered more than it can serve, a server that queues everything answers nothing in time: every request
+    waits behind all the others (for the database pool, the event loop) until clients give up. Refusing the
+    excess immediately keeps the accepted requests fast and tells the others when to come back. SSE streams
+    (long-lived; capped per key elsewhere) and /health are not counted."""
+
+    def __init__(self, app: ASGIApp, max_in_flight: int) -> None:
+        self.app = app
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path.endswith("/stream") or path == "/health":
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.max_in_flight:
+            await _problem(
+                send,
+                503,
+                "Service unavailable",
+                f"the gateway is at capacity; try again in {SHED_RETRY_AFTER} s",
+                path,
+                [(b"retry-after", str(SHED_RETRY_AFTER).encode())],
+            )
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
+SHED_RETRY_AFTER = 1
+
+
+async def _problem(
+    send: Send, status: int, title: str, detail: str, instance: str, headers: list[tuple[bytes, bytes]]
+) -> None:
+    body = orjson.dumps(
+        {"type": "about:blank", "title": title, "status": status, "detail": detail, "instance": instance}
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -15,6 +15,8 @@ class GatewaySettings(ServiceSettings, DatabaseSettings, ConcurrencySettings, Au
     progress_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8002")
     """Where the progress service listens; the gateway proxies SSE streams to it."""
     command_timeout_seconds: float = Field(default=5.0, gt=0)
+    max_in_flight_requests: int = Field(default=128, ge=1)
+    """Requests this instance works on at once (SSE streams aside); beyond it, 503 + Retry-After at once."""
     """How long a request waits for the orchestrator to confirm a command before answering 503."""
     max_payload_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
