@@ -105,6 +105,10 @@ def create_app(settings: OrchestratorSettings) -> AsgiFastStream:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            try:  # what was published is deleted now, not swept (and published again) by another instance
+                await relay.flush_published()
+            except Exception:  # noqa: BLE001 - the sweep publishes it again, which consumers absorb
+                log.warning("outbox.final_flush_failed")
             await redis.aclose()
             await engine.dispose()
 

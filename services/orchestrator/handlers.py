@@ -35,7 +35,7 @@ from libs.common.events.streams import (
 from libs.common.reclaim import Reclaimer
 from services.orchestrator.inflight import lost_operations
 from services.orchestrator.outbox import OutboxRelay
-from services.orchestrator.repository import ObjectRepository
+from services.orchestrator.repository import ObjectRepository, OutboxRepository
 from services.orchestrator.service import ObjectService, UnitOfWork
 from services.orchestrator.settings import OrchestratorSettings
 
@@ -59,14 +59,21 @@ class Orchestrator:
         self.service = service
 
     async def run(self, use_case: Callable[[UnitOfWork], Awaitable[T]]) -> T:
-        async with self.sessionmaker.begin() as session:
-            uow = UnitOfWork(session)
-            result = await use_case(uow)
-            if uow.admission_needed:
-                # In the same transaction: a slot freed (or an object queued) is filled without a second round trip.
-                # Deadlock-free: admission skips rows other transactions hold, and takes its lock last.
-                await self.service.admit(uow)
-            outbox = await uow.flush_outbox()
+        published = self.relay.take_published()
+        try:
+            async with self.sessionmaker.begin() as session:
+                uow = UnitOfWork(session)
+                if published:  # earlier messages already on their streams: their rows go with this transaction
+                    await OutboxRepository(session).delete(published)
+                result = await use_case(uow)
+                if uow.admission_needed:
+                    # In the same transaction: a slot freed (or an object queued) is filled without a second round
+                    # trip. Deadlock-free: admission skips rows other transactions hold, and takes its lock last.
+                    await self.service.admit(uow)
+                outbox = await uow.flush_outbox()
+        except BaseException:
+            self.relay.requeue(published)
+            raise
         await self.relay.publish_committed(outbox)
         return result
 
