@@ -141,6 +141,8 @@ def register(broker: RedisBroker, settings: OrchestratorSettings, orchestrator: 
     @broker.subscriber(
         stream=StreamSub(OBJECT_COMMANDS, group=ORCHESTRATOR_GROUP, consumer=settings.instance_id, max_records=10),
         ack_policy=AckPolicy.NACK_ON_ERROR,  # an error leaves the entry pending: the Reclaimer retries it
+        # Several at once: a handler spends most of its time waiting for PostgreSQL.
+        max_workers=settings.handler_concurrency,
         title="object-commands",
     )
     async def on_object_command(command: AnyObjectCommand) -> None:
@@ -149,6 +151,7 @@ def register(broker: RedisBroker, settings: OrchestratorSettings, orchestrator: 
     @broker.subscriber(
         stream=StreamSub(OPERATION_RESULTS, group=ORCHESTRATOR_GROUP, consumer=settings.instance_id, max_records=10),
         ack_policy=AckPolicy.NACK_ON_ERROR,
+        max_workers=settings.handler_concurrency,
         title="operation-results",
     )
     async def on_operation_result(event: AnyOperationResult) -> None:

@@ -201,6 +201,10 @@ class ObjectService:
 
     async def admit(self, uow: UnitOfWork) -> int:
         """Move the oldest queued objects to processing while fewer than the cap are processing, everywhere."""
+        # Without the lock first: with a backlog, every submission asks and the cap is nearly always full. A
+        # count that misses a slot freed by a concurrent transaction loses nothing: that transaction admits.
+        if await uow.objects.count_in_state(ObjectState.PROCESSING) >= self.max_parallel_workers:
+            return 0
         await uow.objects.lock_admission()
         free = self.max_parallel_workers - await uow.objects.count_in_state(ObjectState.PROCESSING)
         if free <= 0:
