@@ -180,7 +180,9 @@ class Worker:
             data_format=data[1],  # type: ignore[arg-type]
             payload=payload,
         )
-        result = await self.runner.run(command)
+        # As our executors do on a first delivery (and as a Celery or dramatiq user would): no look for an
+        # earlier artifact first.
+        result = await self.runner.run(command, may_be_done=False)
         if result.type != "operation.completed.v1":
             await self.db.execute(_FAILED, oid, result.error)
             raise RuntimeError(f"{identifier} {operation} failed: {result.error}")
