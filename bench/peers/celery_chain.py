@@ -9,25 +9,15 @@ heartbeat events between workers. The cap of 3 here bounds running *operations*,
 step goes to the back of the queue, so up to N objects are in flight at once.
 """
 
-import os
-
-from celery import Celery, chain  # type: ignore[import-untyped]
+from celery import chain  # type: ignore[import-untyped]
 from pydantic import JsonValue
 
+from bench.peers.celery_app import celery_app
 from bench.peers.common import worker
 
 QUEUE = "bench_celery_chain"
 
-app = Celery("bench_celery_chain", broker=os.environ.get("BENCH_PEER_REDIS_URL", "redis://127.0.0.1:6381/1"))
-app.conf.update(
-    task_default_queue=QUEUE,
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1,
-    worker_disable_rate_limits=True,
-    task_ignore_result=True,
-    broker_connection_retry_on_startup=True,
-)
+app = celery_app(QUEUE)
 
 
 @app.task(name="bench.run_operation")  # type: ignore[untyped-decorator]

@@ -4,25 +4,14 @@ our cap of three *objects* in processing.
 Worker settings and the choice of the prefork pool are celery_chain's (see its docstring), for the same reasons.
 """
 
-import os
-
-from celery import Celery  # type: ignore[import-untyped]
 from pydantic import JsonValue
 
+from bench.peers.celery_app import celery_app
 from bench.peers.common import worker
 
 QUEUE = "bench_celery_object"
 
-app = Celery("bench_celery_object", broker=os.environ.get("BENCH_PEER_REDIS_URL", "redis://127.0.0.1:6381/1"))
-app.conf.update(
-    task_default_queue=QUEUE,
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1,
-    worker_disable_rate_limits=True,
-    task_ignore_result=True,
-    broker_connection_retry_on_startup=True,
-)
+app = celery_app(QUEUE)
 
 
 @app.task(name="bench.process_object")  # type: ignore[untyped-decorator]
