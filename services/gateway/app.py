@@ -22,7 +22,7 @@ from services.gateway.middleware import BodyLimitMiddleware, LoadSheddingMiddlew
 from services.gateway.proxy import StreamProxy
 from services.gateway.routes import router
 from services.gateway.security import RateLimits
-from services.gateway.service import GatewayService
+from services.gateway.service import GatewayService, SubmissionLimits
 from services.gateway.settings import GatewaySettings
 
 log = structlog.get_logger()
@@ -74,7 +74,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             sessionmaker,
             commands,
             settings.max_parallel_workers,
-            settings.max_payload_bytes,
+            SubmissionLimits(
+                payload_bytes=settings.max_payload_bytes,
+                operations=settings.max_operations,
+                options_bytes=settings.max_options_bytes,
+                metadata_bytes=settings.max_metadata_bytes,
+            ),
             authenticator.stream_tokens,
         )
         if not settings.auth_enabled:

@@ -3,11 +3,13 @@
 import asyncio
 import base64
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 from urllib.parse import urlencode
 from uuid import UUID, uuid4
 
+import orjson
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.common.auth import Principal, StreamTokens
@@ -58,29 +60,59 @@ class UnexpectedReplyError(RuntimeError):
         super().__init__(f"incomplete reply from the orchestrator: {reply.model_dump_json()}")
 
 
+class TooManyOperationsError(ServiceError):
+    code = "too_many_operations"
+    title = "Too many operations"
+    http_status = 422
+
+
+@dataclass(frozen=True)
+class SubmissionLimits:
+    """What one submission may carry (MAX_PAYLOAD_BYTES, MAX_OPERATIONS, MAX_OPTIONS_BYTES, MAX_METADATA_BYTES)."""
+
+    payload_bytes: int
+    operations: int
+    options_bytes: int
+    metadata_bytes: int
+
+    def check(self, request: ProcessRequest, payload_bytes: int) -> None:
+        if payload_bytes > self.payload_bytes:
+            msg = (
+                f"the inline payload is {payload_bytes} bytes; the limit is {self.payload_bytes}. "
+                "Upload larger data to S3 and pass its s3:// URL as `source`."
+            )
+            raise PayloadTooLargeError(msg)
+        if len(request.operations) > self.operations:
+            msg = f"{len(request.operations)} operations; an object may have at most {self.operations}"
+            raise TooManyOperationsError(msg)
+        for name, value, limit in (
+            ("options", request.options, self.options_bytes),
+            ("metadata", request.metadata, self.metadata_bytes),
+        ):
+            size = len(orjson.dumps(value))
+            if size > limit:
+                msg = f"`{name}` is {size} bytes as JSON; the limit is {limit}"
+                raise PayloadTooLargeError(msg)
+
+
 class GatewayService:
     def __init__(
         self,
         sessionmaker: async_sessionmaker[AsyncSession],
         commands: CommandBus,
         max_parallel_workers: int,
-        max_payload_bytes: int,
+        limits: SubmissionLimits,
         stream_tokens: StreamTokens | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.commands = commands
         self.max_parallel_workers = max_parallel_workers
-        self.max_payload_bytes = max_payload_bytes
+        self.limits = limits
         self.stream_tokens = stream_tokens
 
     async def submit(self, tenant: str, request: ProcessRequest, payload_bytes: int) -> tuple[ProcessResponse, bool]:
         """Returns the answer and whether the object is new (False: the identifier was already submitted)."""
-        if payload_bytes > self.max_payload_bytes:
-            msg = (
-                f"the inline payload is {payload_bytes} bytes; the limit is {self.max_payload_bytes}. "
-                "Upload larger data to S3 and pass its s3:// URL as `source`."
-            )
-            raise PayloadTooLargeError(msg)
+        self.limits.check(request, payload_bytes)
         if tenant == DEFAULT_TENANT and request.identifier == TENANTS_PREFIX:
             raise ReservedIdentifierError(
                 f"'{TENANTS_PREFIX}' is reserved: the artifacts of other tenants are stored under that S3 prefix"
