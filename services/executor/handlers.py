@@ -29,9 +29,10 @@ from services.executor.settings import ExecutorSettings
 
 log = structlog.get_logger()
 
-DONE_TTL_MS = 600_000
-"""How long a finished operation's running key remembers it: duplicates come within seconds (a relay that
-republished, a reclaim), so ten minutes is generous, and the keys stay few (rate x 10 min)."""
+DONE_TTL_MS = 120_000
+"""How long a finished operation's running key remembers it. Duplicates come within seconds (a relay that
+republished after 5 s, a reclaim after CLAIM_IDLE_MS), so two minutes covers them, and the keys stay few
+(operations per second x 120). A later duplicate runs the operation again; its result is ignored as stale."""
 PUBLISH_ATTEMPTS = 8
 """About 25 s of backoff: longer than a Redis restart."""
 
