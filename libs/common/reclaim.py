@@ -30,6 +30,16 @@ Handler = Callable[[bytes, str], Awaitable[None]]
 """Called with an entry's `__data__` and its entry id; raising leaves the entry pending for a later attempt."""
 DeadHandler = Callable[[bytes, str], Awaitable[None]]
 
+_RENEW_LOCK = """
+local holder = redis.call('GET', KEYS[1])
+if (not holder) or holder == ARGV[1] then
+    return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+return false
+"""
+"""Set the lock to this consumer if it is free or already ours, in one step: a GET then a SET could overwrite
+a value another writer put between them (the executor marking the run done)."""
+
 LOCK_REFRESH_SECONDS = 1.0
 """How often a running operation re-asserts its `running_operation_key`."""
 
@@ -134,6 +144,7 @@ async def heartbeat(
 
     def beat() -> None:
         client = SyncRedis.from_url(redis_url)
+        renew = client.register_script(_RENEW_LOCK)
         next_claim = time.monotonic() + interval
         try:
             while not stop.wait(tick):
@@ -141,8 +152,8 @@ async def heartbeat(
                     if time.monotonic() >= next_claim:
                         client.xclaim(stream, group, consumer, 0, [entry_id], justid=True)
                         next_claim = time.monotonic() + interval
-                    if lock is not None and client.get(lock[0]) in (None, consumer.encode()):
-                        client.set(lock[0], consumer, px=lock[1])
+                    if lock is not None:
+                        renew(keys=[lock[0]], args=[consumer, lock[1]])
                 except Exception:  # noqa: BLE001 - a missed beat only risks a duplicate run, which is absorbed
                     log.warning("heartbeat.failed", stream=stream, entry_id=entry_id)
         finally:
