@@ -25,7 +25,6 @@ import platform
 import random
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -46,7 +45,7 @@ from sqlalchemy.engine import make_url
 from bench import _probes
 from bench.peers.common import CREATE_TABLE, INSERT
 from bench.pipeline import RECORDS, THREE
-from deploy.local.stack import Stack, StackSettings, free_port
+from deploy.local.stack import Stack, StackSettings, free_port, port_is_bindable
 from libs.common.settings import S3Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -307,17 +306,8 @@ def _listen_ports(count: int) -> list[int]:
         ephemeral_low = int(f.read().split()[0])
     while True:
         base = random.randrange(10_000, ephemeral_low - count)
-        if all(_port_is_free(port) for port in range(base, base + count)):
+        if all(port_is_bindable(port) for port in range(base, base + count)):
             return list(range(base, base + count))
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def _stack_groups(stack: Stack) -> dict[str, list[int]]:

@@ -254,6 +254,16 @@ class Stack:
         self.processes.clear()
 
 
+def port_is_bindable(port: int) -> bool:
+    """Whether a listener could bind this local port right now."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def _port_free(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) != 0

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from libs.common.events.streams import CONSUMER_GROUPS, DEAD_LETTERS
+from libs.common.events.streams import CONSUMER_GROUPS, DEAD_LETTERS, as_text
 from libs.common.settings import ServiceSettings
 
 log = structlog.get_logger()
@@ -44,20 +44,20 @@ def make_broker(settings: ServiceSettings) -> RedisBroker:
     @dead_letters.add_handler(ValidationError)
     async def dead_letter(exc: ValidationError, message: RedisStreamMessage) -> None:
         # A malformed entry can never succeed: park it with the reason and acknowledge it, so the consumer goes on.
-        stream = _decode(message.raw_message.get("channel", b""))
+        stream = as_text(message.raw_message.get("channel", b""))
         entry_ids = message.raw_message.get("message_ids") or [b""]
         await broker.publish(
             {
                 "stream": stream,
-                "entry_id": _decode(entry_ids[0]),
+                "entry_id": as_text(entry_ids[0]),
                 "consumer": f"{settings.service_name}:{settings.instance_id}",
                 "reason": str(exc)[:2000],
-                "body": _decode(message.body[:65536]),
+                "body": as_text(message.body[:65536]),
             },
             stream=DEAD_LETTERS,
             maxlen=settings.stream_maxlen,
         )
-        log.warning("message.dead_lettered", stream=stream, entry_id=_decode(entry_ids[0]), errors=exc.error_count())
+        log.warning("message.dead_lettered", stream=stream, entry_id=as_text(entry_ids[0]), errors=exc.error_count())
 
     broker = RedisBroker(
         str(settings.redis_url),
@@ -68,10 +68,6 @@ def make_broker(settings: ServiceSettings) -> RedisBroker:
         graceful_timeout=settings.graceful_timeout_seconds,
     )
     return broker
-
-
-def _decode(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 async def ensure_topology(redis: Redis, streams: Sequence[str] | None = None) -> None:

@@ -2,11 +2,19 @@
 
 from typing import ClassVar
 
+RETRY_AFTER_SECONDS = "2"
+"""What a 503 tells clients to wait before trying again."""
+WWW_AUTHENTICATE = 'Bearer realm="object-processing-api"'
+
 
 class ServiceError(Exception):
     code: ClassVar[str] = "internal_error"
     title: ClassVar[str] = "Internal error"
     http_status: ClassVar[int] = 500
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the answer to this error carries (every service's error handler adds them)."""
+        return {}
 
 
 class BadRequestError(ServiceError):
@@ -32,6 +40,9 @@ class UnavailableError(ServiceError):
     title = "Service unavailable"
     http_status = 503
 
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": RETRY_AFTER_SECONDS}
+
 
 class UnauthorizedError(ServiceError):
     """No credentials, or credentials that are not valid (unknown, revoked, expired, badly signed): 401."""
@@ -39,6 +50,9 @@ class UnauthorizedError(ServiceError):
     code = "unauthorized"
     title = "Unauthorized"
     http_status = 401
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": WWW_AUTHENTICATE}
 
 
 class ForbiddenError(ServiceError):
@@ -57,3 +71,6 @@ class RateLimitedError(ServiceError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}

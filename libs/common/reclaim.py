@@ -11,6 +11,7 @@
 
 import asyncio
 import contextlib
+import functools
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,8 +22,9 @@ import orjson
 import structlog
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
+from redis.commands.core import Script
 
-from libs.common.events.streams import DATA_FIELD, DEAD_LETTERS
+from libs.common.events.streams import DATA_FIELD, DEAD_LETTERS, as_text
 
 log = structlog.get_logger()
 
@@ -81,8 +83,8 @@ class Reclaimer:
             )
             for raw_id, fields in entries:
                 claimed += 1
-                await self._process(_text(raw_id), fields)
-            start = _text(next_start)
+                await self._process(as_text(raw_id), fields)
+            start = as_text(next_start)
             if start == "0-0":
                 return claimed
 
@@ -143,21 +145,17 @@ async def heartbeat(
     tick = min(interval, LOCK_REFRESH_SECONDS) if lock is not None else interval
 
     def beat() -> None:
-        client = SyncRedis.from_url(redis_url)
-        renew = client.register_script(_RENEW_LOCK)
+        client, renew = _beat_client(redis_url)
         next_claim = time.monotonic() + interval
-        try:
-            while not stop.wait(tick):
-                try:
-                    if time.monotonic() >= next_claim:
-                        client.xclaim(stream, group, consumer, 0, [entry_id], justid=True)
-                        next_claim = time.monotonic() + interval
-                    if lock is not None:
-                        renew(keys=[lock[0]], args=[consumer, lock[1]])
-                except Exception:  # noqa: BLE001 - a missed beat only risks a duplicate run, which is absorbed
-                    log.warning("heartbeat.failed", stream=stream, entry_id=entry_id)
-        finally:
-            client.close()
+        while not stop.wait(tick):
+            try:
+                if time.monotonic() >= next_claim:
+                    client.xclaim(stream, group, consumer, 0, [entry_id], justid=True)
+                    next_claim = time.monotonic() + interval
+                if lock is not None:
+                    renew(keys=[lock[0]], args=[consumer, lock[1]])
+            except Exception:  # noqa: BLE001 - a missed beat only risks a duplicate run, which is absorbed
+                log.warning("heartbeat.failed", stream=stream, entry_id=entry_id)
 
     thread = threading.Thread(target=beat, name=f"heartbeat:{entry_id}", daemon=True)
     thread.start()
@@ -168,11 +166,15 @@ async def heartbeat(
         await asyncio.to_thread(thread.join, 5.0)
 
 
+@functools.cache
+def _beat_client(redis_url: str) -> tuple[SyncRedis, Script]:
+    """One blocking client (thread-safe: it has a connection pool) and the renewal script per Redis URL, for
+    every heartbeat of the process, instead of a new connection per operation."""
+    client = SyncRedis.from_url(redis_url)
+    return client, client.register_script(_RENEW_LOCK)
+
+
 def entry_id_of(message: Any) -> str:
     """The stream entry id of a FastStream Redis stream message."""
     ids = message.raw_message.get("message_ids") or [b""]
-    return _text(ids[0])
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    return as_text(ids[0])

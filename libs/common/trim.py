@@ -11,7 +11,7 @@ import time
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from libs.common.events.streams import CONSUMER_GROUPS
+from libs.common.events.streams import CONSUMER_GROUPS, as_text
 
 
 def _parse(entry_id: bytes | str) -> tuple[int, int]:
@@ -25,7 +25,7 @@ async def safe_min_id(redis: Redis, stream: str, groups: tuple[str, ...], retent
     if not groups:
         return f"{floor[0]}-0"
     cut = floor
-    infos = {(_text(info["name"])): info for info in await redis.xinfo_groups(stream)}
+    infos = {(as_text(info["name"])): info for info in await redis.xinfo_groups(stream)}
     for group in groups:
         info = infos.get(group)
         if info is None:  # the group is missing: keep everything until it is re-created and has read
@@ -65,10 +65,6 @@ async def prune_consumers(redis: Redis, idle_ms: int) -> int:
             for consumer in consumers:
                 if consumer["pending"] == 0 and consumer["idle"] > idle_ms:
                     # A live consumer polls continuously (idle stays near zero), so one idle this long is gone.
-                    await redis.xgroup_delconsumer(stream, group, _text(consumer["name"]))
+                    await redis.xgroup_delconsumer(stream, group, as_text(consumer["name"]))
                     deleted += 1
     return deleted
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

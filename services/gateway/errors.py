@@ -11,7 +11,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
-from libs.common.errors import RateLimitedError, ServiceError, UnauthorizedError, UnavailableError
+from libs.common.errors import RETRY_AFTER_SECONDS, ServiceError
 from services.gateway.schemas import Problem
 
 log = structlog.get_logger()
@@ -20,8 +20,6 @@ PROBLEM_JSON = "application/problem+json"
 # PoolTimeoutError: no database connection free within the pool timeout (overload), the same answer.
 DEPENDENCY_ERRORS = (OSError, TimeoutError, DBAPIError, PoolTimeoutError, RedisConnectionError, RedisTimeoutError)
 """Errors that mean PostgreSQL or Redis is unreachable or failing, not that the request is wrong."""
-RETRY_AFTER_SECONDS = "2"
-WWW_AUTHENTICATE = 'Bearer realm="object-processing-api"'
 """RFC 9110: a 401 names the scheme to authenticate with. X-API-Key is accepted too (see /docs)."""
 
 
@@ -52,12 +50,7 @@ async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, ServiceError):
         raise exc
     response = problem(exc.http_status, exc.title, str(exc), request)
-    if isinstance(exc, UnavailableError):
-        response.headers["Retry-After"] = RETRY_AFTER_SECONDS
-    if isinstance(exc, UnauthorizedError):
-        response.headers["WWW-Authenticate"] = WWW_AUTHENTICATE
-    if isinstance(exc, RateLimitedError):
-        response.headers["Retry-After"] = str(exc.retry_after)
+    response.headers.update(exc.headers())
     return response
 
 

@@ -14,7 +14,14 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from libs.common.events.streams import DATA_FIELD, EXECUTOR_GROUP, OPERATION_COMMANDS, RUN_DONE, running_operation_key
+from libs.common.events.streams import (
+    DATA_FIELD,
+    EXECUTOR_GROUP,
+    OPERATION_COMMANDS,
+    RUN_DONE,
+    as_text,
+    running_operation_key,
+)
 from services.orchestrator.repository import InFlight
 
 PENDING_SCAN_LIMIT = 10_000
@@ -28,10 +35,10 @@ async def lost_operations(redis: Redis, in_flight: Sequence[InFlight]) -> list[U
         groups = await redis.xinfo_groups(OPERATION_COMMANDS)
     except ResponseError:  # no stream: nothing is queued or pending
         groups = []
-    group = next((g for g in groups if _text(g["name"]) == EXECUTOR_GROUP), None)
+    group = next((g for g in groups if as_text(g["name"]) == EXECUTOR_GROUP), None)
     pending_objects: set[str] = set()
     if group is not None:
-        unread = await redis.xrange(OPERATION_COMMANDS, f"({_text(group['last-delivered-id'])}", "+", count=1)
+        unread = await redis.xrange(OPERATION_COMMANDS, f"({as_text(group['last-delivered-id'])}", "+", count=1)
         if unread:
             return []  # the executors are behind: a command may be waiting in the queue
         if group["pending"]:
@@ -62,7 +69,3 @@ async def _pending_object_ids(redis: Redis) -> set[str]:
             except (KeyError, TypeError, ValueError):
                 continue  # a malformed entry; the Reclaimer dead-letters it
     return object_ids
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

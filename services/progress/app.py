@@ -11,7 +11,7 @@ from sqlalchemy import text
 from libs.common.auth import Authenticator
 from libs.common.broker import ensure_topology, make_broker
 from libs.common.db.session import create_engine, create_sessionmaker
-from libs.common.errors import RateLimitedError, ServiceError, UnauthorizedError
+from libs.common.errors import ServiceError
 from libs.common.events import ObjectProgressedV1
 from libs.common.events.streams import OBJECT_EVENTS
 from libs.common.ratelimit import StreamSlots
@@ -71,10 +71,7 @@ def create_app(settings: ProgressSettings) -> FastAPI:
             status_code=exc.http_status,
             media_type="application/problem+json",
         )
-        if isinstance(exc, UnauthorizedError):
-            response.headers["WWW-Authenticate"] = 'Bearer realm="object-processing-api"'
-        if isinstance(exc, RateLimitedError):
-            response.headers["Retry-After"] = str(exc.retry_after)
+        response.headers.update(exc.headers())
         return response
 
     @app.get("/health")

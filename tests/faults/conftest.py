@@ -11,7 +11,6 @@ import os
 import random
 import re
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -19,7 +18,7 @@ from urllib.parse import urlsplit
 import orjson
 import pytest
 
-from deploy.local.stack import Stack, StackSettings
+from deploy.local.stack import Stack, StackSettings, port_is_bindable
 from tests.conftest import ROOT
 from tests.e2e.s3 import s3
 from tests.faults.harness import Sources, System
@@ -202,17 +201,8 @@ def _ports(count: int, run: int = 1) -> list[int]:
     while len(chosen) < count:
         port = random.randrange(20_000, 32_000 - run)  # noqa: S311 - not crypto
         candidates = range(port, port + run)
-        if any(p in _handed_out or not _bindable(p) for p in candidates):
+        if any(p in _handed_out or not port_is_bindable(p) for p in candidates):
             continue
         _handed_out.update(candidates)
         chosen.append(port)
     return chosen
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True

@@ -1,24 +1,13 @@
 """The heartbeat's running key against a real Redis: re-created when lost, never taken from another value."""
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import pytest
 from redis.asyncio import Redis
 
-from libs.common.broker import ensure_topology
 from libs.common.events.streams import EXECUTOR_GROUP, OPERATION_COMMANDS, RUN_DONE
 from libs.common.reclaim import heartbeat
 
 KEY = "executor:running:test-heartbeat"
-
-
-@pytest.fixture
-async def clean(redis: Redis) -> AsyncIterator[Redis]:
-    await redis.flushdb()
-    await ensure_topology(redis)
-    yield redis
-    await redis.flushdb()
 
 
 async def test_the_key_is_kept_recreated_and_never_taken_from_another_value(clean: Redis, redis_url: str) -> None:

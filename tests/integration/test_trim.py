@@ -1,25 +1,14 @@
 """Stream retention against a real Redis: trimming frees what every group is done with, and nothing else."""
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 from redis.asyncio import Redis
 
-from libs.common.broker import ensure_topology
 from libs.common.events.streams import EXECUTOR_GROUP, OBJECT_EVENTS, OPERATION_COMMANDS
 from libs.common.trim import prune_consumers, trim_streams
 
 ENTRIES = 2_000  # several radix-tree nodes: approximate trimming removes whole nodes only
-
-
-@pytest.fixture
-async def clean(redis: Redis) -> AsyncIterator[Redis]:
-    await redis.flushdb()
-    await ensure_topology(redis)
-    yield redis
-    await redis.flushdb()
 
 
 async def fill(redis: Redis, stream: str, count: int) -> list[bytes]:

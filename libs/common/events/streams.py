@@ -41,6 +41,11 @@ def running_operation_key(object_id: object, operation: str, task_id: object) ->
 RUN_DONE: Final = b"done"
 
 
+def as_text(value: bytes | str) -> str:
+    """A value read from Redis (bytes, or str with decode_responses) as text."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
 def reply_channel(service_name: str, instance_id: str) -> str:
     """The pub/sub channel on which one gateway instance receives command replies."""
     return f"replies:{service_name}:{instance_id}"

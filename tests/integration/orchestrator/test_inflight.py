@@ -1,6 +1,5 @@
 """Lost work is found and re-sent from PostgreSQL, and work that Redis still shows is left alone."""
 
-from collections.abc import AsyncIterator
 from typing import cast
 from uuid import UUID, uuid4
 
@@ -19,14 +18,9 @@ from services.orchestrator.service import ObjectService
 
 
 @pytest.fixture
-async def orchestrator(
-    isolated_sessionmaker: async_sessionmaker[AsyncSession], redis: Redis
-) -> AsyncIterator[Orchestrator]:
-    await redis.flushdb()
-    await ensure_topology(redis)
-    relay = OutboxRelay(isolated_sessionmaker, redis, stream_maxlen=1000)
-    yield Orchestrator(isolated_sessionmaker, redis, relay, ObjectService(max_parallel_workers=3))
-    await redis.flushdb()
+def orchestrator(isolated_sessionmaker: async_sessionmaker[AsyncSession], clean: Redis) -> Orchestrator:
+    relay = OutboxRelay(isolated_sessionmaker, clean, stream_maxlen=1000)
+    return Orchestrator(isolated_sessionmaker, clean, relay, ObjectService(max_parallel_workers=3))
 
 
 async def submit(orchestrator: Orchestrator) -> UUID:
