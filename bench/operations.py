@@ -5,7 +5,9 @@
 It generates the NDJSON objects itself (realistic records of about 170 bytes), uploads them to an S3 endpoint
 (S3_ENDPOINT_URL, or a moto server it starts), then runs each operation once per size in a fresh process,
 exactly as an executor runs it (OperationRunner: streamed read from S3, artifact and outputs written to S3),
-and prints MB/s (input size / wall time) and that process's peak RSS.
+and prints MB/s (input size / wall time) and that process's peak RSS. A first row per size, `(s3 read)`, only
+reads the object through the same streamed reader: the rate the S3 endpoint itself allows, the bound on every
+operation.
 """
 
 import argparse
@@ -29,6 +31,7 @@ from libs.common.settings import S3Settings
 MB = 1_000_000
 CITIES = ["Oslo", "Lima", "Pune", "Accra", "Quito", "Hanoi", "Perth", "Turin"]
 OPERATIONS = ["validate", "transform", "enrich", "analyze", "export"]
+READ_ONLY = "(s3 read)"
 OPTIONS: dict[str, dict[str, object]] = {
     "validate": {"required": ["id", "email"]},
     "transform": {
@@ -69,11 +72,18 @@ async def _upload(settings: S3Settings, key: str, size: int) -> int:
 
 
 async def _worker(settings: S3Settings, operation: str, url: str) -> dict[str, object]:
+    from services.executor.records import BATCH_BYTES
     from services.executor.service import OperationRunner
     from services.executor.storage import Storage
 
     async with s3_client(settings) as client:
         storage = Storage(client, settings.s3_bucket, attempts=3, backoff_seconds=0.2, presign_expiry=3600)
+        if operation == READ_ONLY:
+            start = time.perf_counter()
+            async with storage.open(url, BATCH_BYTES) as (chunks, _):
+                async for _chunk in chunks:
+                    pass
+            return {"ok": True, "seconds": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb()}
         runner = OperationRunner(storage, "bench", max_document_bytes=64 * MB)
         command = RunOperationV1(
             object_id=uuid.uuid4(),
@@ -93,8 +103,12 @@ async def _worker(settings: S3Settings, operation: str, url: str) -> dict[str, o
         "ok": result.type == "operation.completed.v1",
         "error": getattr(result, "error", None),
         "seconds": elapsed,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": _peak_rss_mb(),
     }
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _start_moto() -> tuple[subprocess.Popen[bytes], str]:
@@ -133,7 +147,7 @@ def main() -> None:
         for size_mb in (int(s) for s in args.sizes.split(",")):
             key = f"inputs/bench-{size_mb}mb.ndjson"
             size = asyncio.run(_upload(settings, key, size_mb * MB))
-            for operation in args.operations.split(","):
+            for operation in [READ_ONLY, *args.operations.split(",")]:
                 env = {**os.environ, "S3_ENDPOINT_URL": endpoint, "BENCH_BUCKET": bucket}
                 out = subprocess.run(
                     [sys.executable, "-m", "bench.operations", "--worker", operation, f"s3://{bucket}/{key}"],

@@ -1,8 +1,10 @@
 """Stream subscribers: parse, run one use case in one transaction, then relay its messages and answer the caller."""
 
+import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
 
 import structlog
 from faststream import AckPolicy
@@ -42,9 +44,37 @@ from services.orchestrator.settings import OrchestratorSettings
 log = structlog.get_logger()
 T = TypeVar("T")
 
+MAX_BATCH = 64
+"""At most this many use cases share a transaction."""
+
+
+class _PublishError(Exception):
+    """Publishing failed after the commit: the use cases must not run again."""
+
+
+@dataclass(eq=False)
+class _Queued(Generic[T]):
+    use_case: Callable[[UnitOfWork], Awaitable[T]]
+    future: "asyncio.Future[T]"
+
+
+def _settle(future: "asyncio.Future[Any]", *, result: Any = None, error: BaseException | None = None) -> None:
+    if future.done():  # its caller has gone (cancelled)
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
 
 class Orchestrator:
-    """Runs use cases transactionally and does what must follow each commit."""
+    """Runs use cases transactionally and does what must follow each commit.
+
+    Group commit: the use cases of messages that arrive while a transaction is running share the next one. Under
+    load that is one BEGIN/COMMIT, one flush, one admission check and one Redis round trip per batch instead of per
+    message; alone, a message runs at once, as before. If a shared transaction fails, each of its use cases runs
+    again in a transaction of its own, so a message that cannot be applied never fails the others.
+    """
 
     def __init__(
         self,
@@ -57,31 +87,76 @@ class Orchestrator:
         self.redis = redis
         self.relay = relay
         self.service = service
+        self._queue: list[_Queued[Any]] = []
+        # One transaction at a time per instance: whoever holds it commits everything queued so far.
+        self._turn = asyncio.Lock()
 
     async def run(self, use_case: Callable[[UnitOfWork], Awaitable[T]]) -> T:
+        """Apply `use_case` in a committed transaction, publish what it emitted, and return its result."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        queued = _Queued(use_case, future)
+        self._queue.append(queued)
+        try:
+            async with self._turn:
+                if not future.done():  # not committed by an earlier batch: this caller runs the next one
+                    batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                    try:
+                        await self._run_batch(batch)
+                    except BaseException:  # cancelled mid-way: the others go back to the queue, for the next holder
+                        self._queue[:0] = [other for other in batch if other is not queued and not other.future.done()]
+                        raise
+        except BaseException:
+            if queued in self._queue:
+                self._queue.remove(queued)
+            future.cancel()
+            raise
+        return future.result()
+
+    async def _run_batch(self, batch: list[_Queued[Any]]) -> None:
+        try:
+            results = await self._transaction([queued.use_case for queued in batch])
+        except _PublishError as exc:  # committed: nothing runs again; the outbox sweep publishes it later
+            for queued in batch:
+                _settle(queued.future, error=exc.__cause__ or exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - handed to the callers: their message stays pending, for a retry
+            if len(batch) == 1:
+                _settle(batch[0].future, error=exc)
+                return
+            log.info("batch.retried_one_by_one", size=len(batch), error=type(exc).__name__)
+            for queued in batch:
+                await self._run_batch([queued])
+            return
+        for queued, result in zip(batch, results, strict=True):
+            _settle(queued.future, result=result)
+
+    async def _transaction(self, use_cases: list[Callable[[UnitOfWork], Awaitable[Any]]]) -> list[Any]:
         published = self.relay.take_published()
         try:
             async with self.sessionmaker.begin() as session:
                 uow = UnitOfWork(session)
                 if published:  # earlier messages already on their streams: their rows go with this transaction
                     await OutboxRepository(session).delete(published)
-                result = await use_case(uow)
+                results = [await use_case(uow) for use_case in use_cases]
                 if uow.admission_needed:
                     # In the same transaction: a slot freed (or an object queued) is filled without a second round
                     # trip. Deadlock-free: admission skips rows other transactions hold, and takes its lock last.
                     await self.service.admit(uow)
-                outbox = await uow.flush_outbox()
+                outbox = await uow.flush()
         except BaseException:
             self.relay.requeue(published)
             raise
-        await self.relay.publish_committed(outbox)
-        return result
+        try:
+            await self.relay.publish_committed(outbox)
+        except Exception as exc:
+            raise _PublishError from exc
+        return results
 
     async def admit(self) -> int:
         async with self.sessionmaker.begin() as session:
             uow = UnitOfWork(session)
             admitted = await self.service.admit(uow)
-            outbox = await uow.flush_outbox()
+            outbox = await uow.flush()
         await self.relay.publish_committed(outbox)
         return admitted
 
@@ -120,7 +195,7 @@ class Orchestrator:
         async with self.sessionmaker.begin() as session:
             uow = UnitOfWork(session)
             count = await self.service.redispatch(uow, lost, before)
-            outbox = await uow.flush_outbox()
+            outbox = await uow.flush()
         await self.relay.publish_committed(outbox)
         return count
 

@@ -2,10 +2,10 @@
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 from uuid import UUID
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import Table, delete, func, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -14,6 +14,12 @@ from libs.common.domain import ObjectState
 
 # Key of the transaction-level advisory lock that serialises admission across orchestrator instances.
 ADMISSION_LOCK_KEY = 0x0BEC7_0001
+
+# The tables, for Core statements where the ORM's unit of work would be pure overhead.
+OUTBOX = cast(Table, OutboxMessage.__table__)
+TRANSITIONS = cast(Table, ObjectTransition.__table__)
+EVENTS = cast(Table, ObjectEvent.__table__)
+OBJECTS = cast(Table, ProcessingObject.__table__)
 
 
 class InFlight(NamedTuple):
@@ -62,7 +68,12 @@ class ObjectRepository:
         await self.session.execute(select(func.pg_advisory_xact_lock(ADMISSION_LOCK_KEY)))
 
     async def count_in_state(self, state: ObjectState) -> int:
-        return await self.session.scalar(select(func.count()).where(ProcessingObject.state == state.value)) or 0
+        # Core on the session's connection: no ORM entity is involved, so the ORM's statement preparation is waste.
+        # Flushed first, as the ORM would: the count must see this transaction's own state changes.
+        await self.session.flush()
+        connection = await self.session.connection()
+        count = await connection.scalar(select(func.count()).where(OBJECTS.c.state == state.value))
+        return count or 0
 
     async def lock_oldest_queued(self, limit: int) -> Sequence[ProcessingObject]:
         # SKIP LOCKED: an object being cancelled right now is passed over rather than waited for.
@@ -100,16 +111,24 @@ class ObjectRepository:
         )
         return result.all()
 
-    def add_transition(self, transition: ObjectTransition) -> None:
-        self.session.add(transition)
+    async def append_history(self, transitions: Sequence[dict[str, Any]], events: Sequence[dict[str, Any]]) -> None:
+        """Insert audit rows and progress events, one statement per table. Core, not the ORM unit of work: these rows
+        are only ever appended, so tracking them would be pure overhead (it was the larger part of each flush)."""
+        connection = await self.session.connection()
+        for table, rows in ((TRANSITIONS, transitions), (EVENTS, events)):
+            if rows:
+                await connection.execute(insert(table), rows)
 
-    def add_event(self, event: ObjectEvent) -> None:
-        self.session.add(event)
-
-    async def add_outbox(self, messages: Sequence[OutboxMessage]) -> list[int]:
-        self.session.add_all(messages)
-        await self.session.flush()
-        return [message.id for message in messages]
+    async def add_outbox(self, messages: Sequence[OutboxMessage]) -> None:
+        """Insert the rows in one statement and set their ids. Core, not the ORM unit of work: the rows are never
+        changed afterwards, so tracking them would be pure overhead."""
+        connection = await self.session.connection()
+        result = await connection.execute(
+            insert(OUTBOX).returning(OUTBOX.c.id, sort_by_parameter_order=True),
+            [{"stream": message.stream, "body": message.body} for message in messages],
+        )
+        for message, message_id in zip(messages, result.scalars(), strict=True):
+            message.id = message_id
 
 
 class OutboxRepository:
@@ -127,4 +146,5 @@ class OutboxRepository:
         return (await self.session.scalars(query)).all()
 
     async def delete(self, ids: Sequence[int]) -> None:
-        await self.session.execute(delete(OutboxMessage).where(OutboxMessage.id.in_(ids)))
+        connection = await self.session.connection()
+        await connection.execute(delete(OUTBOX).where(OUTBOX.c.id.in_(ids)))

@@ -8,7 +8,7 @@ relay publishes those only after commit, so a crash can delay a message but neve
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID, uuid4
 
 import structlog
@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 from statemachine.exceptions import TransitionNotAllowed
 
-from libs.common.db.models import ObjectEvent, ObjectTransition, OutboxMessage, ProcessingObject
+from libs.common.db.models import OutboxMessage, ProcessingObject
 from libs.common.domain import ObjectState
 from libs.common.events import (
     CancelObjectV1,
@@ -46,9 +46,12 @@ def _now() -> datetime:
 
 @dataclass
 class UnitOfWork:
-    """What one transaction did: the outbox rows to relay after commit, and whether a processing slot may be free."""
+    """What one transaction did: the rows it appends (audit, progress events, outbox messages), written together by
+    `flush`, and whether a processing slot may be free."""
 
     session: AsyncSession
+    transitions: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
     outbox: list[OutboxMessage] = field(default_factory=list)
     admission_needed: bool = False
 
@@ -59,8 +62,10 @@ class UnitOfWork:
     def emit(self, stream: str, message: BaseModel) -> None:
         self.outbox.append(OutboxMessage(stream=stream, body=message.model_dump_json()))
 
-    async def flush_outbox(self) -> list[OutboxMessage]:
-        """Write the outbox rows (they commit with the transaction); returns them, with their ids, for the relay."""
+    async def flush(self) -> list[OutboxMessage]:
+        """Write the appended rows, one statement per table (they commit with the transaction); returns the outbox
+        rows, with their ids, for the relay."""
+        await self.objects.append_history(self.transitions, self.events)
         if self.outbox:
             await self.objects.add_outbox(self.outbox)
         return self.outbox
@@ -314,10 +319,15 @@ class ObjectService:
     def _audit(
         uow: UnitOfWork, obj: ProcessingObject, before: str | None, event: str, detail: str | None = None
     ) -> None:
-        uow.objects.add_transition(
-            ObjectTransition(
-                object_id=obj.id, from_state=before, to_state=obj.state, event=event, task_id=obj.task_id, detail=detail
-            )
+        uow.transitions.append(
+            {
+                "object_id": obj.id,
+                "from_state": before,
+                "to_state": obj.state,
+                "event": event,
+                "task_id": obj.task_id,
+                "detail": detail,
+            }
         )
 
     @staticmethod
@@ -325,8 +335,8 @@ class ObjectService:
         obj.event_seq += 1
         obj.updated_at = _now()
         document = build_progress_document(obj)
-        uow.objects.add_event(
-            ObjectEvent(object_id=obj.id, seq=obj.event_seq, change=change, document=document.model_dump(mode="json"))
+        uow.events.append(
+            {"object_id": obj.id, "seq": obj.event_seq, "change": change, "document": document.model_dump(mode="json")}
         )
         uow.emit(
             OBJECT_EVENTS, ObjectProgressedV1(object_id=obj.id, seq=obj.event_seq, change=change, document=document)

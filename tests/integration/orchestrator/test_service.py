@@ -57,7 +57,7 @@ async def apply(sessionmaker: Sessionmaker, use_case: Callable[[UnitOfWork], Awa
     async with sessionmaker.begin() as session:
         uow = UnitOfWork(session)
         result = await use_case(uow)
-        await uow.flush_outbox()
+        await uow.flush()
     return Applied(result, list(uow.outbox), uow.admission_needed)
 
 
