@@ -3,8 +3,9 @@
     .venv/bin/python -m bench.compare [--objects 1000] [--cap 3] [--raised-cap 32] [--raised-executors 8]
         [--peers celery_chain,celery_object,dramatiq_object] [--json var/bench.json]
 
-It needs PostgreSQL (--database-url, a server it may create databases on) and Redis (--redis-url: it uses that
-database index and the ones below it, flushing each); it starts everything else itself: a moto S3 server, our
+It needs PostgreSQL (--database-url, a server it may create databases on); it starts everything else itself: a
+Redis server of its own (unless --redis-url names one: it uses that database index and the ones below it,
+flushing each), a moto S3 server, our
 services (deploy.local.stack), each peer's workers. Every system gets the same work: N objects of
 bench.pipeline's RECORDS with validate, transform, analyze, each operation writing its artifact to S3 and its
 progress to a PostgreSQL row. For each it measures a burst of N (submissions/s, completed objects/s from the
@@ -80,7 +81,7 @@ class Options:
     raised_executors: int
     peers: list[str]
     database_url: str
-    redis_url: str
+    redis_url: str | None
     offered_rate: float
     offered_seconds: float
     ceiling_seconds: float
@@ -134,6 +135,29 @@ class RedisDatabases:
         self._next -= 1
         redis.Redis.from_url(url).flushdb()
         return url
+
+
+def _start_redis(log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A throwaway Redis (nothing on disk), so the benchmark never flushes anyone's data."""
+    port = free_port()
+    log = (log_dir / "redis.log").open("ab")
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"redis://127.0.0.1:{port}/15"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            redis.Redis.from_url(url).ping()
+            return process, url
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise RuntimeError("redis-server did not start; pass --redis-url") from None
+            time.sleep(0.1)
 
 
 def _start_moto(log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -584,7 +608,8 @@ async def run_all(options: Options) -> dict[str, Any]:
         "raised_executors": options.raised_executors,
         "systems": {},
     }
-    databases = RedisDatabases(options.redis_url)
+    redis_server, redis_url = (None, options.redis_url) if options.redis_url else _start_redis(options.log_dir)
+    databases = RedisDatabases(redis_url)
     peer_db = f"bench_peers_{uuid.uuid4().hex[:8]}"
     moto, endpoint = _start_moto(options.log_dir)
     warmup = 2 * options.cap
@@ -644,6 +669,8 @@ async def run_all(options: Options) -> dict[str, Any]:
             report["raised"] = run.figures
     finally:
         _stop(moto)
+        if redis_server is not None:
+            _stop(redis_server)
         await _admin(options.database_url, f'DROP DATABASE IF EXISTS "{peer_db}" WITH (FORCE)')
     report["ratios"] = _ratios(report["systems"])
     report["load_average_end"] = _probes.load_average()
@@ -664,7 +691,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--raised-executors", type=int, default=8)
     parser.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated, of {', '.join(PEERS)}")
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6381/0", help="uses this db index and those below")
+    parser.add_argument(
+        "--redis-url", help="an existing Redis; uses this db index and those below, flushing each (default: starts one)"
+    )
     parser.add_argument("--offered-rate", type=float, default=500.0, help="submit path: requests/s offered")
     parser.add_argument("--offered-seconds", type=float, default=10.0)
     parser.add_argument("--ceiling-seconds", type=float, default=10.0)
