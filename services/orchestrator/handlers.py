@@ -216,7 +216,7 @@ def register(broker: RedisBroker, settings: OrchestratorSettings, orchestrator: 
     @broker.subscriber(
         stream=StreamSub(OBJECT_COMMANDS, group=ORCHESTRATOR_GROUP, consumer=settings.instance_id, max_records=10),
         ack_policy=AckPolicy.NACK_ON_ERROR,  # an error leaves the entry pending: the Reclaimer retries it
-        # Several at once: a handler spends most of its time waiting for PostgreSQL.
+        # Several at once: a handler spends most of its time waiting for PostgreSQL, or queued for a shared commit.
         max_workers=settings.handler_concurrency,
         title="object-commands",
     )
