@@ -23,7 +23,6 @@ import importlib
 import json
 import os
 import platform
-import random
 import resource
 import signal
 import subprocess
@@ -46,7 +45,7 @@ from sqlalchemy.engine import make_url
 from bench import _probes
 from bench.peers.common import CREATE_TABLE, INSERT
 from bench.pipeline import RECORDS, THREE
-from deploy.local.stack import Stack, StackSettings, free_port, port_is_bindable
+from deploy.local.stack import Stack, StackSettings, free_port, listen_ports
 from libs.common.settings import S3Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -298,7 +297,7 @@ def _start_stack(
         "MAX_STREAMS_PER_KEY": "0",  # the fan-out holds thousands of streams from one client
     }
     for attempt in (1, 2):
-        ports = _listen_ports(3 + executors)
+        ports = listen_ports(3 + executors)
         settings = StackSettings(
             database_url=database_url,
             redis_url=redis_url,
@@ -321,17 +320,6 @@ def _start_stack(
             continue
         return stack
     raise AssertionError  # unreachable: the loop returns or raises
-
-
-def _listen_ports(count: int) -> list[int]:
-    """A run of free ports below the ephemeral range: there, no outgoing connection can take one before its
-    service binds it (ports from free_port() are ephemeral ones, and this benchmark opens many connections)."""
-    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-        ephemeral_low = int(f.read().split()[0])
-    while True:
-        base = random.randrange(10_000, ephemeral_low - count)
-        if all(port_is_bindable(port) for port in range(base, base + count)):
-            return list(range(base, base + count))
 
 
 def _stack_groups(stack: Stack) -> dict[str, list[int]]:

@@ -10,7 +10,6 @@
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,8 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from deploy.local.stack import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TIERS = ("unit", "integration", "e2e", "contract")
@@ -41,12 +42,6 @@ def required_env(name: str) -> str:
     if not value:
         pytest.fail(f"{name} is not set: point it at a running service (see tests/conftest.py), or run `make test`")
     return value
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

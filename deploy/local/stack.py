@@ -10,6 +10,7 @@ own process the way a deployment would, and waits until every one reports health
 import argparse
 import asyncio
 import os
+import random
 import secrets
 import signal
 import socket
@@ -66,10 +67,22 @@ class StackSettings(BaseSettings):
     jwt_public_key: str | None = None
 
 
+def listen_ports(count: int) -> list[int]:
+    """`count` consecutive ports free to listen on, below the ephemeral range. A port the kernel hands out as free
+    (bind to port 0) is an ephemeral one, and on a busy machine an outgoing connection can take it before the
+    service binds it, which then fails to start; below the range, no outgoing connection ever gets one."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):  # not Linux: the IANA dynamic range starts at 49152
+        ephemeral_low = 49152
+    while True:
+        base = random.randrange(10_000, ephemeral_low - count)  # noqa: S311 - spreads concurrent callers, not a secret
+        if all(port_is_bindable(port) for port in range(base, base + count)):
+            return list(range(base, base + count))
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return listen_ports(1)[0]
 
 
 @dataclass

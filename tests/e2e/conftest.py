@@ -6,7 +6,6 @@ database index of its own, flushed first, so stacks never read each other's stre
 
 import asyncio
 import os
-import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,18 +16,10 @@ import pytest
 import redis as redis_sync
 from sqlalchemy.engine import make_url
 
-from deploy.local.stack import Stack, StackSettings
-from tests.conftest import ROOT, _admin_connection, free_port, required_env
+from deploy.local.stack import Stack, StackSettings, free_port, listen_ports
+from tests.conftest import ROOT, _admin_connection, required_env
 
 LOG_DIR = ROOT / "var" / "test-logs"
-
-
-def _free_run(start: int, count: int) -> bool:
-    for port in range(start, start + count):
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return False
-    return True
 
 
 async def _drop_database(name: str) -> None:
@@ -69,8 +60,7 @@ def stack_factory(s3_endpoint: str, bucket: str) -> Iterator[Callable[..., Stack
             auth_enabled=auth,
             **overrides,  # type: ignore[arg-type]
         )
-        while not _free_run(settings.executor_base_port, settings.executors):
-            settings.executor_base_port = free_port()
+        settings.executor_base_port = listen_ports(settings.executors)[0]
         extra_env = {"LOG_FORMAT": "console", "LOG_LEVEL": os.environ.get("TEST_SERVICE_LOG_LEVEL", "INFO")}
         stack = Stack(settings, extra_env=extra_env, log_dir=LOG_DIR / name)
         started.append((stack, db_name))
