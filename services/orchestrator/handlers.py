@@ -1,4 +1,5 @@
-"""Stream subscribers: parse, run one use case in one transaction, then relay its messages and answer the caller."""
+"""Stream subscribers: parse, run the use case in a transaction (shared with those that queued meanwhile), then relay
+its messages and answer the caller."""
 
 import asyncio
 from collections.abc import Awaitable, Callable
