@@ -45,8 +45,10 @@ def stack_factory(s3_endpoint: str, bucket: str) -> Iterator[Callable[..., Stack
             .set(database=db_name, drivername="postgresql+asyncpg")
             .render_as_string(hide_password=False)
         )
-        # Counting down from the configured index: 15, 14, ... one per stack of this session.
-        redis_url = urlunsplit(redis_base._replace(path=f"/{(base_index - len(started)) % 16}"))
+        # Counting down from below the configured index: 14, 13, ... one per stack of this session. The configured
+        # index itself is the integration tests': they flush it, and a stack's services (they run until the session
+        # ends) would otherwise consume and answer the commands those tests publish.
+        redis_url = urlunsplit(redis_base._replace(path=f"/{(base_index - 1 - len(started)) % 16}"))
         redis_sync.Redis.from_url(redis_url).flushdb()
         settings = StackSettings(
             database_url=database_url,
