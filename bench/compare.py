@@ -139,43 +139,38 @@ class RedisDatabases:
 def _start_redis(log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     """A throwaway Redis (nothing on disk), so the benchmark never flushes anyone's data."""
     port = free_port()
-    log = (log_dir / "redis.log").open("ab")
-    process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
     url = f"redis://127.0.0.1:{port}/15"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            redis.Redis.from_url(url).ping()
-            return process, url
-        except redis.ConnectionError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise RuntimeError("redis-server did not start; pass --redis-url") from None
-            time.sleep(0.1)
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = _start_server(
+        argv, log_dir / "redis.log", lambda: redis.Redis.from_url(url).ping(), redis.ConnectionError
+    )
+    return process, url
 
 
 def _start_moto(log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    log = (log_dir / "moto.log").open("ab")
-    moto = Path(sys.executable).with_name("moto_server")
-    process = subprocess.Popen(
-        [str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    argv = [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)]
+    process = _start_server(
+        argv, log_dir / "moto.log", lambda: httpx.get(f"{endpoint}/moto-api/", timeout=1), httpx.TransportError
     )
+    return process, endpoint
+
+
+def _start_server(
+    argv: list[str], log_path: Path, probe: Callable[[], object], not_yet: type[Exception]
+) -> subprocess.Popen[bytes]:
+    """Start a server in a process group of its own and wait until `probe` stops raising `not_yet`."""
+    process = subprocess.Popen(argv, stdout=log_path.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 30
     while True:
         try:
-            httpx.get(f"{endpoint}/moto-api/", timeout=1)
-            return process, endpoint
-        except httpx.TransportError:
+            probe()
+            return process
+        except not_yet:
             if time.monotonic() > deadline or process.poll() is not None:
                 process.kill()
-                raise RuntimeError("the moto S3 server did not start") from None
+                raise RuntimeError(f"{Path(argv[0]).name} did not start (log: {log_path})") from None
             time.sleep(0.1)
 
 
