@@ -161,7 +161,8 @@ def _start_server(
     argv: list[str], log_path: Path, probe: Callable[[], object], not_yet: type[Exception]
 ) -> subprocess.Popen[bytes]:
     """Start a server in a process group of its own and wait until `probe` stops raising `not_yet`."""
-    process = subprocess.Popen(argv, stdout=log_path.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    with log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 30
     while True:
         try:

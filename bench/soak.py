@@ -27,7 +27,7 @@ import httpx
 from redis.asyncio import Redis
 
 from bench.pipeline import RECORDS, THREE
-from deploy.local.stack import Stack, StackSettings, free_port
+from deploy.local.stack import Stack, StackSettings, listen_ports
 from libs.common.events.streams import CONSUMER_GROUPS
 
 
@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--database-url", default=os.environ.get("TEST_DATABASE_URL", StackSettings().database_url))
     args = parser.parse_args()
 
-    redis_port = free_port()
+    redis_port, *ports = listen_ports(5 + StackSettings().executors)  # one run: no port given out twice
     redis_dir = Path(tempfile.mkdtemp(prefix="opa-soak-redis-"))
     redis_server = subprocess.Popen(
         [
@@ -146,11 +146,11 @@ def main() -> None:
         database_url=f"{base}/{database}",
         redis_url=f"redis://127.0.0.1:{redis_port}/0",
         s3_endpoint_url=None,
-        gateway_port=free_port(),
-        orchestrator_port=free_port(),
-        progress_port=free_port(),
-        executor_base_port=free_port(),
-        moto_port=free_port(),
+        gateway_port=ports[0],
+        orchestrator_port=ports[1],
+        progress_port=ports[2],
+        moto_port=ports[3],
+        executor_base_port=ports[4],  # and the ports after it, one per executor
     )
     extra_env = {
         "STREAM_RETENTION_SECONDS": str(args.retention),

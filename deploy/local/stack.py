@@ -75,10 +75,14 @@ def listen_ports(count: int) -> list[int]:
         ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):  # not Linux: the IANA dynamic range starts at 49152
         ephemeral_low = 49152
-    while True:
-        base = random.randrange(10_000, ephemeral_low - count)  # noqa: S311 - spreads concurrent callers, not a secret
+    # Clear of the well-known ports; lower only where the ephemeral range itself starts low.
+    lowest = 10_000 if ephemeral_low - count > 10_000 else 1024
+    for _ in range(1000):
+        base = random.randrange(lowest, max(ephemeral_low - count, lowest + 1))  # noqa: S311 - not a secret
         if all(port_is_bindable(port) for port in range(base, base + count)):
             return list(range(base, base + count))
+    msg = f"found no {count} consecutive free ports between {lowest} and the ephemeral range ({ephemeral_low})"
+    raise RuntimeError(msg)
 
 
 def free_port() -> int:

@@ -49,14 +49,12 @@ MAX_BATCH = 64
 """At most this many use cases share a transaction."""
 
 
-class _PublishError(Exception):
-    """Publishing failed after the commit: the use cases must not run again."""
-
-
 @dataclass(eq=False)
 class _Queued(Generic[T]):
     use_case: Callable[[UnitOfWork], Awaitable[T]]
     future: "asyncio.Future[T]"
+    log_context: dict[str, Any]
+    """The caller's structlog context (its message and object), for the lines the use case logs."""
 
 
 def _settle(future: "asyncio.Future[Any]", *, result: Any = None, error: BaseException | None = None) -> None:
@@ -89,41 +87,44 @@ class Orchestrator:
         self.relay = relay
         self.service = service
         self._queue: list[_Queued[Any]] = []
+        self._running: set[asyncio.Future[None]] = set()
         # One transaction at a time per instance: whoever holds it commits everything queued so far.
         self._turn = asyncio.Lock()
 
     async def run(self, use_case: Callable[[UnitOfWork], Awaitable[T]]) -> T:
         """Apply `use_case` in a committed transaction, publish what it emitted, and return its result."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        queued = _Queued(use_case, future)
+        queued = _Queued(use_case, future, structlog.contextvars.get_contextvars())
         self._queue.append(queued)
         try:
             async with self._turn:
-                if not future.done():  # not committed by an earlier batch: this caller runs the next one
+                if queued in self._queue:  # not taken by an earlier batch: this caller runs the next one
                     batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-                    try:
-                        await self._run_batch(batch)
-                    except BaseException:  # cancelled mid-way: the others go back to the queue, for the next holder
-                        self._queue[:0] = [other for other in batch if other is not queued and not other.future.done()]
-                        raise
+                    # In a task of its own, shielded: if this caller is cancelled (shutdown), the others' work, which
+                    # may have committed already, is still settled; it must never go back to the queue and run twice.
+                    running = asyncio.ensure_future(self._run_batch(batch))
+                    self._running.add(running)
+                    running.add_done_callback(self._running.discard)
+                    await asyncio.shield(running)
+            # Settled by now, unless a batch whose caller left (see above) still runs with it.
+            return await future
         except BaseException:
             if queued in self._queue:
                 self._queue.remove(queued)
             future.cancel()
             raise
-        return future.result()
 
     async def _run_batch(self, batch: list[_Queued[Any]]) -> None:
-        try:
-            results = await self._transaction([queued.use_case for queued in batch])
-        except _PublishError as exc:  # committed: nothing runs again; the outbox sweep publishes it later
-            for queued in batch:
-                _settle(queued.future, error=exc.__cause__ or exc)
+        batch = [queued for queued in batch if not queued.future.done()]  # callers that left are not run
+        if not batch:
             return
+        try:
+            results = await self._transaction(batch)
         except Exception as exc:  # noqa: BLE001 - handed to the callers: their message stays pending, for a retry
             if len(batch) == 1:
                 _settle(batch[0].future, error=exc)
                 return
+            # Any use case may have caused it (or a deadlock with another instance): each runs again alone.
             log.info("batch.retried_one_by_one", size=len(batch), error=type(exc).__name__)
             for queued in batch:
                 await self._run_batch([queued])
@@ -131,17 +132,21 @@ class Orchestrator:
         for queued, result in zip(batch, results, strict=True):
             _settle(queued.future, result=result)
 
-    async def _transaction(self, use_cases: list[Callable[[UnitOfWork], Awaitable[Any]]]) -> list[Any]:
+    async def _transaction(self, batch: list[_Queued[Any]]) -> list[Any]:
         published = self.relay.take_published()
         try:
             async with self.sessionmaker.begin() as session:
                 uow = UnitOfWork(session)
                 if published:  # earlier messages already on their streams: their rows go with this transaction
                     await OutboxRepository(session).delete(published)
-                results = [await use_case(uow) for use_case in use_cases]
+                results = []
+                for queued in batch:
+                    with structlog.contextvars.bound_contextvars(**queued.log_context):
+                        results.append(await queued.use_case(uow))
                 if uow.admission_needed:
                     # In the same transaction: a slot freed (or an object queued) is filled without a second round
-                    # trip. Deadlock-free: admission skips rows other transactions hold, and takes its lock last.
+                    # trip. Admission itself cannot deadlock: it skips rows other transactions hold, and takes its
+                    # lock last. (The use cases before it can, with another instance's batch: see _run_batch.)
                     await self.service.admit(uow)
                 outbox = await uow.flush()
         except BaseException:
@@ -149,8 +154,8 @@ class Orchestrator:
             raise
         try:
             await self.relay.publish_committed(outbox)
-        except Exception as exc:
-            raise _PublishError from exc
+        except Exception:  # committed: the outbox sweep publishes the rows later; nothing may run twice
+            log.warning("outbox.publish_deferred", rows=len(outbox), exc_info=True)
         return results
 
     async def admit(self) -> int:

@@ -16,7 +16,7 @@ import pytest
 import redis as redis_sync
 from sqlalchemy.engine import make_url
 
-from deploy.local.stack import Stack, StackSettings, free_port, listen_ports
+from deploy.local.stack import Stack, StackSettings, listen_ports
 from tests.conftest import ROOT, _admin_connection, required_env
 
 LOG_DIR = ROOT / "var" / "test-logs"
@@ -55,14 +55,13 @@ def stack_factory(s3_endpoint: str, bucket: str) -> Iterator[Callable[..., Stack
             redis_url=redis_url,
             s3_endpoint_url=s3_endpoint,
             s3_bucket=bucket,
-            gateway_port=free_port(),
-            orchestrator_port=free_port(),
-            progress_port=free_port(),
-            executor_base_port=free_port(),
             auth_enabled=auth,
             **overrides,  # type: ignore[arg-type]
         )
-        settings.executor_base_port = listen_ports(settings.executors)[0]
+        # One run of ports, so that no two services of the stack are given the same one.
+        ports = listen_ports(3 + settings.executors)
+        settings.gateway_port, settings.orchestrator_port, settings.progress_port = ports[:3]
+        settings.executor_base_port = ports[3]
         extra_env = {"LOG_FORMAT": "console", "LOG_LEVEL": os.environ.get("TEST_SERVICE_LOG_LEVEL", "INFO")}
         stack = Stack(settings, extra_env=extra_env, log_dir=LOG_DIR / name)
         started.append((stack, db_name))

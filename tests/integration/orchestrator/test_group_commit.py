@@ -2,7 +2,8 @@
 that fails never takes the others down with it."""
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
 from uuid import UUID, uuid4
 
 import pytest
@@ -25,6 +26,25 @@ def orchestrator(isolated_sessionmaker: Sessionmaker, redis: Redis) -> Orchestra
     return Orchestrator(isolated_sessionmaker, redis, relay, ObjectService(max_parallel_workers=3))
 
 
+@pytest.fixture
+def transactions(isolated_sessionmaker: Sessionmaker) -> Iterator[Counter[str]]:
+    """How many transactions committed and rolled back on the test's database, counted by the engine."""
+    counts: Counter[str] = Counter()
+    engine = isolated_sessionmaker.kw["bind"].sync_engine
+
+    def on_commit(_connection: object) -> None:
+        counts["commit"] += 1
+
+    def on_rollback(_connection: object) -> None:
+        counts["rollback"] += 1
+
+    event.listen(engine, "commit", on_commit)
+    event.listen(engine, "rollback", on_rollback)
+    yield counts
+    event.remove(engine, "commit", on_commit)
+    event.remove(engine, "rollback", on_rollback)
+
+
 def submission() -> SubmitObjectV1:
     return SubmitObjectV1(object_id=uuid4(), identifier=f"gc-{uuid4().hex[:12]}", operations=["validate"])
 
@@ -42,25 +62,14 @@ async def stored(sessionmaker: Sessionmaker, ids: list[UUID]) -> dict[UUID, str]
 
 
 async def test_concurrent_use_cases_share_transactions_and_each_gets_its_own_result(
-    orchestrator: Orchestrator, isolated_sessionmaker: Sessionmaker
+    orchestrator: Orchestrator, isolated_sessionmaker: Sessionmaker, transactions: Counter[str]
 ) -> None:
-    commits = 0
-
-    def count_commit(_connection: object) -> None:
-        nonlocal commits
-        commits += 1
-
-    engine = isolated_sessionmaker.kw["bind"].sync_engine
-    event.listen(engine, "commit", count_commit)
     commands = [submission() for _ in range(20)]
     service = orchestrator.service
-    try:
-        replies = await asyncio.gather(*(orchestrator.run(submitting(service, command)) for command in commands))
-    finally:
-        event.remove(engine, "commit", count_commit)
+    replies = await asyncio.gather(*(orchestrator.run(submitting(service, command)) for command in commands))
 
     # The first runs alone; the 19 that queued behind it share the next transaction.
-    assert commits <= 2, commits
+    assert transactions["commit"] == 2, transactions
     assert [reply.object_id for reply in replies] == [command.object_id for command in commands]
     assert {reply.outcome for reply in replies} == {"accepted"}
     states = await stored(isolated_sessionmaker, [command.object_id for command in commands])
@@ -76,7 +85,7 @@ async def test_concurrent_use_cases_share_transactions_and_each_gets_its_own_res
 
 
 async def test_a_failing_use_case_fails_alone_and_leaves_nothing_behind(
-    orchestrator: Orchestrator, isolated_sessionmaker: Sessionmaker
+    orchestrator: Orchestrator, isolated_sessionmaker: Sessionmaker, transactions: Counter[str]
 ) -> None:
     service = orchestrator.service
     good = [submission() for _ in range(5)]
@@ -106,30 +115,53 @@ async def test_a_failing_use_case_fails_alone_and_leaves_nothing_behind(
         await failing
     replies = await asyncio.gather(*others)
     assert [reply.outcome for reply in replies] == ["accepted"] * 5
+    # The six shared a transaction that failed (one rollback), then ran alone: five commits and one more rollback.
+    assert (transactions["commit"], transactions["rollback"]) == (1 + 5, 2), transactions
     states = await stored(isolated_sessionmaker, [command.object_id for command in [*good, doomed]])
     assert set(states) == {command.object_id for command in good}  # the failed one's write was rolled back
 
 
-async def test_a_cancelled_caller_leaves_the_others_to_be_committed(
+async def test_a_caller_cancelled_mid_batch_leaves_the_batch_to_finish_once(
     orchestrator: Orchestrator, isolated_sessionmaker: Sessionmaker
 ) -> None:
     service = orchestrator.service
-    blocker = asyncio.Event()
-    commands = [submission() for _ in range(3)]
+    commands = [submission() for _ in range(4)]
+    gate, hold = asyncio.Event(), asyncio.Event()
+    runs: Counter[int] = Counter()
 
-    async def first(uow: UnitOfWork) -> CommandReplyV1:
-        await blocker.wait()
-        return await service.submit(uow, commands[0])
+    def waiting_for(signal: asyncio.Event, n: int) -> Callable[[UnitOfWork], Awaitable[CommandReplyV1]]:
+        async def use_case(uow: UnitOfWork) -> CommandReplyV1:
+            await signal.wait()
+            return await service.submit(uow, commands[n])
 
-    holder = asyncio.create_task(orchestrator.run(first))
+        return use_case
+
+    def counted(n: int) -> Callable[[UnitOfWork], Awaitable[CommandReplyV1]]:
+        async def use_case(uow: UnitOfWork) -> CommandReplyV1:
+            runs[n] += 1
+            return await service.submit(uow, commands[n])
+
+        return use_case
+
+    first = asyncio.create_task(orchestrator.run(waiting_for(gate, 0)))
     await asyncio.sleep(0)
-    waiting = [asyncio.create_task(orchestrator.run(submitting(service, command))) for command in commands[1:]]
+    holder = asyncio.create_task(orchestrator.run(counted(1)))
+    others = [
+        asyncio.create_task(orchestrator.run(counted(2))),
+        asyncio.create_task(orchestrator.run(waiting_for(hold, 3))),
+    ]
     await asyncio.sleep(0.05)
-    holder.cancel()  # the caller holding the turn goes away mid-transaction
+    gate.set()
+    await first  # its batch committed; `holder` now runs the next one: 1, 2, then 3, which waits
+    await asyncio.sleep(0.05)
+    assert runs == {1: 1, 2: 1}
+    holder.cancel()  # its caller goes away (shutdown) in the middle of the batch's transaction
     with pytest.raises(asyncio.CancelledError):
         await holder
+    hold.set()
 
-    replies = await asyncio.gather(*waiting)
+    replies = await asyncio.gather(*others)
     assert [reply.outcome for reply in replies] == ["accepted", "accepted"]
+    assert runs == {1: 1, 2: 1}, "the batch finished once: nothing went back to the queue to run again"
     states = await stored(isolated_sessionmaker, [command.object_id for command in commands])
-    assert set(states) == {commands[1].object_id, commands[2].object_id}
+    assert set(states) == {command.object_id for command in commands}  # the holder's work committed with the rest
