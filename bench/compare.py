@@ -338,16 +338,26 @@ async def ours(options: Options, name: str, endpoint: str, redis_url: str, cap: 
     try:
         async with httpx.AsyncClient(base_url=stack.base_url, timeout=60, limits=limits) as client:
 
+            async def post(body: dict[str, Any]) -> httpx.Response:
+                for _ in range(3):
+                    try:
+                        return await client.post("/api/v1/process", json=body)
+                    except (httpx.ReadError, httpx.RemoteProtocolError):
+                        # A kept-alive connection the server closed as it was reused (its idle timeout): the
+                        # request never reached the handler, and the same identifier again is safe anyway.
+                        run.figures["submit_reconnects"] = run.figures.get("submit_reconnects", 0) + 1
+                return await client.post("/api/v1/process", json=body)
+
             async def submit() -> str:
                 body = {"identifier": f"bench-{uuid.uuid4().hex}", "operations": THREE, "payload": RECORDS}
-                response = await client.post("/api/v1/process", json=body)
+                response = await post(body)
                 for _ in range(20):
                     if response.status_code != 503:
                         break
                     # As the README tells clients: the command stays queued; the same request again is safe.
                     run.figures["submit_503s"] = run.figures.get("submit_503s", 0) + 1
                     await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
-                    response = await client.post("/api/v1/process", json=body)
+                    response = await post(body)
                 response.raise_for_status()
                 return str(response.json()["id"])
 
