@@ -14,6 +14,7 @@ def main() -> None:
         port=settings.port,
         log_config=None,
         access_log=False,
+        timeout_keep_alive=settings.keep_alive_seconds,
         forwarded_allow_ips=settings.forwarded_allow_ips,
     )
 
