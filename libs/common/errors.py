@@ -5,6 +5,7 @@ from typing import ClassVar
 RETRY_AFTER_SECONDS = "2"
 """What a 503 tells clients to wait before trying again."""
 WWW_AUTHENTICATE = 'Bearer realm="object-processing-api"'
+"""RFC 9110: a 401 names the scheme to authenticate with. X-API-Key is accepted too (see /docs)."""
 
 
 class ServiceError(Exception):

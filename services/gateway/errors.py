@@ -20,7 +20,6 @@ PROBLEM_JSON = "application/problem+json"
 # PoolTimeoutError: no database connection free within the pool timeout (overload), the same answer.
 DEPENDENCY_ERRORS = (OSError, TimeoutError, DBAPIError, PoolTimeoutError, RedisConnectionError, RedisTimeoutError)
 """Errors that mean PostgreSQL or Redis is unreachable or failing, not that the request is wrong."""
-"""RFC 9110: a 401 names the scheme to authenticate with. X-API-Key is accepted too (see /docs)."""
 
 
 def problem(status: int, title: str, detail: str, request: Request, **extra: object) -> JSONResponse:

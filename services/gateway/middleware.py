@@ -94,6 +94,10 @@ class BodyLimitMiddleware:
         await _problem(send, 413, "Request body too large", detail, scope.get("path", ""), [])
 
 
+SHED_RETRY_AFTER = 1
+"""Seconds a shed request is told to wait (Retry-After)."""
+
+
 class LoadSheddingMiddleware:
     """Answers 503 + Retry-After at once when this instance already has `max_in_flight` requests in progress.
 
@@ -127,9 +131,6 @@ class LoadSheddingMiddleware:
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
-
-
-SHED_RETRY_AFTER = 1
 
 
 async def _problem(
