@@ -21,6 +21,10 @@ class ServiceSettings(_Settings):
     log_format: Literal["json", "console"] = "console"
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    keep_alive_seconds: int = Field(default=75, ge=1)
+    """How long an idle HTTP connection is kept open. Longer than the pools of common clients (httpx and aiohttp
+    drop idle connections after 5 and 15 s), the gateway's proxy to progress included: when the server closes
+    first, a request sent on the connection as it closes fails (uvicorn's own default, 5 s, races httpx's)."""
     # Streams are capped on every XADD (approximate MAXLEN): entries beyond this are old, acknowledged history.
     stream_maxlen: int = Field(default=100_000, ge=1_000)
     claim_idle_ms: int = Field(default=15_000, ge=100)

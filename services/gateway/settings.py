@@ -29,10 +29,6 @@ class GatewaySettings(ServiceSettings, DatabaseSettings, ConcurrencySettings, Au
     """`metadata` of one request, as compact JSON."""
     cors_origins: list[str] = Field(default_factory=list)
     """Origins allowed to call the API from a browser (CORS); none by default. `["*"]` allows any."""
-    keep_alive_seconds: int = Field(default=75, ge=1)
-    """How long an idle client connection is kept open. Longer than the pools of common clients (httpx and aiohttp
-    drop idle connections after 5 and 15 s): when the server closes first, a request sent on the connection as it
-    closes fails with "server disconnected" (uvicorn's own default, 5 s, races httpx's exactly)."""
     forwarded_allow_ips: str = "127.0.0.1"
     """Proxies trusted to name the client address in X-Forwarded-For (it keys the anonymous rate limit); a
     comma-separated list, or `*` when only a proxy can reach the gateway (docker-compose)."""

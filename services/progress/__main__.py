@@ -8,7 +8,14 @@ from services.progress.settings import ProgressSettings
 def main() -> None:
     settings = ProgressSettings()
     configure_logging(settings)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_keep_alive=settings.keep_alive_seconds,
+    )
 
 
 if __name__ == "__main__":
