@@ -111,15 +111,22 @@ class Reclaimer:
         return int(pending[0]["times_delivered"]) if pending else 1
 
     async def dead_letter(self, entry_id: str, body: bytes, reason: str) -> None:
-        record = {
-            "stream": self.stream,
-            "entry_id": entry_id,
-            "consumer": self.consumer,
-            "reason": reason,
-            "body": body.decode("utf-8", "replace")[:65536],
-        }
-        await self.redis.xadd(DEAD_LETTERS, {DATA_FIELD: orjson.dumps(record)}, maxlen=self.maxlen, approximate=True)
-        log.warning("message.dead_lettered", stream=self.stream, entry_id=entry_id, reason=reason)
+        await dead_letter(self.redis, self.stream, entry_id, self.consumer, body, reason, self.maxlen)
+
+
+async def dead_letter(
+    redis: Redis, stream: str, entry_id: str, consumer: str, body: bytes, reason: str, maxlen: int
+) -> None:
+    """Park an entry that can never succeed on the dead-letter stream, with the reason (the caller acknowledges it)."""
+    record = {
+        "stream": stream,
+        "entry_id": entry_id,
+        "consumer": consumer,
+        "reason": reason[:2000],
+        "body": body.decode("utf-8", "replace")[:65536],
+    }
+    await redis.xadd(DEAD_LETTERS, {DATA_FIELD: orjson.dumps(record)}, maxlen=maxlen, approximate=True)
+    log.warning("message.dead_lettered", stream=stream, entry_id=entry_id, reason=reason[:200])
 
 
 @contextlib.asynccontextmanager

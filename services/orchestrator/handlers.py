@@ -2,16 +2,21 @@
 its messages and answer the caller."""
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
+from uuid import UUID
 
 import structlog
 from faststream import AckPolicy
 from faststream.redis import RedisBroker, StreamSub
+from faststream.redis.annotations import RedisBatchStreamMessage
+from faststream.redis.message import FAKE_CONSUMER, BatchStreamMessage
+from faststream.redis.message import RedisBatchStreamMessage as RedisBatchStreamMessageType
 from pydantic import TypeAdapter
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -29,13 +34,15 @@ from libs.common.events import (
     SubmitObjectV1,
 )
 from libs.common.events.streams import (
+    DATA_FIELD,
     OBJECT_COMMANDS,
     OBJECT_EVENTS,
     OPERATION_COMMANDS,
     OPERATION_RESULTS,
     ORCHESTRATOR_GROUP,
+    as_text,
 )
-from libs.common.reclaim import Reclaimer
+from libs.common.reclaim import Reclaimer, dead_letter
 from services.orchestrator.inflight import lost_operations
 from services.orchestrator.outbox import OutboxRelay
 from services.orchestrator.repository import ObjectRepository, OutboxRepository
@@ -44,17 +51,28 @@ from services.orchestrator.settings import OrchestratorSettings
 
 log = structlog.get_logger()
 T = TypeVar("T")
+M = TypeVar("M")
+UseCase = Callable[[UnitOfWork], Awaitable[T]]
 
 MAX_BATCH = 64
 """At most this many use cases share a transaction."""
 
 
+@dataclass(frozen=True)
+class Job(Generic[T]):
+    use_case: UseCase[T]
+    log_context: dict[str, Any]
+    """The structlog context (its message and object) of the lines the use case logs."""
+    object_id: UUID | None = None
+    """The existing object the use case locks, where known: it is locked up front, with its batch's others."""
+
+
 @dataclass(eq=False)
 class _Queued(Generic[T]):
-    use_case: Callable[[UnitOfWork], Awaitable[T]]
+    job: Job[T]
     future: "asyncio.Future[T]"
-    log_context: dict[str, Any]
-    """The caller's structlog context (its message and object), for the lines the use case logs."""
+    taken: bool = False
+    """Taken from the queue into a batch: it runs, or has run, exactly once."""
 
 
 def _settle(future: "asyncio.Future[Any]", *, result: Any = None, error: BaseException | None = None) -> None:
@@ -91,27 +109,43 @@ class Orchestrator:
         # One transaction at a time per instance: whoever holds it commits everything queued so far.
         self._turn = asyncio.Lock()
 
-    async def run(self, use_case: Callable[[UnitOfWork], Awaitable[T]]) -> T:
+    async def run(self, use_case: UseCase[T]) -> T:
         """Apply `use_case` in a committed transaction, publish what it emitted, and return its result."""
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        queued = _Queued(use_case, future, structlog.contextvars.get_contextvars())
-        self._queue.append(queued)
+        (outcome,) = await self.run_all([Job(use_case, structlog.contextvars.get_contextvars())])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    async def run_all(self, jobs: Sequence[Job[T]]) -> list[T | BaseException]:
+        """Apply each job's use case in a committed transaction, shared with the others queued meanwhile; returns,
+        in order, each one's result or the exception it failed with."""
+        loop = asyncio.get_running_loop()
+        mine = [_Queued(job, loop.create_future()) for job in jobs]
+        self._queue.extend(mine)
         try:
-            async with self._turn:
-                if queued in self._queue:  # not taken by an earlier batch: this caller runs the next one
+            while any(not queued.taken for queued in mine):
+                async with self._turn:
+                    if all(queued.taken for queued in mine):  # an earlier holder's batch took them all
+                        break
                     batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                    for queued in batch:
+                        queued.taken = True
                     # In a task of its own, shielded: if this caller is cancelled (shutdown), the others' work, which
                     # may have committed already, is still settled; it must never go back to the queue and run twice.
                     running = asyncio.ensure_future(self._run_batch(batch))
                     self._running.add(running)
                     running.add_done_callback(self._running.discard)
                     await asyncio.shield(running)
-            # Settled by now, unless a batch whose caller left (see above) still runs with it.
-            return await future
+            # Settled by now, unless a batch whose caller left (see above) still runs with them.
+            outcomes: list[T | BaseException] = await asyncio.gather(
+                *(queued.future for queued in mine), return_exceptions=True
+            )
+            return outcomes
         except BaseException:
-            if queued in self._queue:
-                self._queue.remove(queued)
-            future.cancel()
+            for queued in mine:
+                if not queued.taken:
+                    self._queue.remove(queued)
+                queued.future.cancel()
             raise
 
     async def _run_batch(self, batch: list[_Queued[Any]]) -> None:
@@ -139,10 +173,14 @@ class Orchestrator:
                 uow = UnitOfWork(session)
                 if published:  # earlier messages already on their streams: their rows go with this transaction
                     await OutboxRepository(session).delete(published)
+                # One statement for the batch's row locks instead of one per use case.
+                known = {queued.job.object_id for queued in batch if queued.job.object_id is not None}
+                if len(known) > 1:
+                    await uow.lock_all(known)
                 results = []
                 for queued in batch:
-                    with structlog.contextvars.bound_contextvars(**queued.log_context):
-                        results.append(await queued.use_case(uow))
+                    with structlog.contextvars.bound_contextvars(**queued.job.log_context):
+                        results.append(await queued.job.use_case(uow))
                 if uow.admission_needed:
                     # In the same transaction: a slot freed (or an object queued) is filled without a second round
                     # trip. Admission itself cannot deadlock: it skips rows other transactions hold, and takes its
@@ -166,29 +204,53 @@ class Orchestrator:
         await self.relay.publish_committed(outbox)
         return admitted
 
-    async def handle_command(self, command: SubmitObjectV1 | CancelObjectV1 | RetryObjectV1) -> None:
-        structlog.contextvars.bind_contextvars(object_id=str(command.object_id), message_id=str(command.message_id))
+    async def handle_commands(self, commands: Sequence[AnyObjectCommand]) -> list[BaseException | None]:
+        """Apply the commands (each in a committed transaction, shared where they can be) and answer their callers.
+        Returns, in order, None for each applied command and the exception for each that failed."""
+        outcomes = await self.run_all([self._command_job(command) for command in commands])
+        replies = [
+            (command.reply_to, outcome)
+            for command, outcome in zip(commands, outcomes, strict=True)
+            if command.reply_to and isinstance(outcome, CommandReplyV1)
+        ]
+        if replies:
+            await self._reply(replies)
+        return [outcome if isinstance(outcome, BaseException) else None for outcome in outcomes]
+
+    async def handle_results(self, events: Sequence[AnyOperationResult]) -> list[BaseException | None]:
+        """Apply the executors' results; returns, in order, None or the exception each failed with."""
+        outcomes = await self.run_all([self._result_job(event) for event in events])
+        return [outcome if isinstance(outcome, BaseException) else None for outcome in outcomes]
+
+    async def handle_command(self, command: AnyObjectCommand) -> None:
+        if error := (await self.handle_commands([command]))[0]:
+            raise error
+
+    async def handle_result(self, event: AnyOperationResult) -> None:
+        if error := (await self.handle_results([event]))[0]:
+            raise error
+
+    def _command_job(self, command: AnyObjectCommand) -> Job[CommandReplyV1]:
         service = self.service
-        reply: CommandReplyV1
+        context = _log_context(command)
         match command:
             case SubmitObjectV1():
-                reply = await self.run(lambda uow: service.submit(uow, command))
+                return Job(lambda uow: service.submit(uow, command), context)  # a new object: nothing to lock first
             case CancelObjectV1():
-                reply = await self.run(lambda uow: service.cancel(uow, command))
+                return Job(lambda uow: service.cancel(uow, command), context, command.object_id)
             case RetryObjectV1():
-                reply = await self.run(lambda uow: service.retry(uow, command))
-        await self.reply(command.reply_to, reply)
+                return Job(lambda uow: service.retry(uow, command), context, command.object_id)
 
-    async def handle_result(self, event: OperationStartedV1 | OperationCompletedV1 | OperationFailedV1) -> None:
-        structlog.contextvars.bind_contextvars(object_id=str(event.object_id), message_id=str(event.message_id))
+    def _result_job(self, event: AnyOperationResult) -> Job[None]:
         service = self.service
+        context = _log_context(event)
         match event:
             case OperationStartedV1():
-                await self.run(lambda uow: service.operation_started(uow, event))
+                return Job(lambda uow: service.operation_started(uow, event), context, event.object_id)
             case OperationCompletedV1():
-                await self.run(lambda uow: service.operation_completed(uow, event))
+                return Job(lambda uow: service.operation_completed(uow, event), context, event.object_id)
             case OperationFailedV1():
-                await self.run(lambda uow: service.operation_failed(uow, event))
+                return Job(lambda uow: service.operation_failed(uow, event), context, event.object_id)
 
     async def redispatch_lost(self, older_than_seconds: float) -> int:
         """Re-send every running operation sent more than `older_than_seconds` ago that Redis has lost track of."""
@@ -213,34 +275,102 @@ class Orchestrator:
             return False
         return True
 
-    async def reply(self, reply_to: str | None, reply: CommandReplyV1) -> None:
-        if reply_to:
-            await self.redis.publish(reply_to, reply.model_dump_json())
+    async def _reply(self, replies: Sequence[tuple[str, CommandReplyV1]]) -> None:
+        # Best effort, as pub/sub is: the command is committed, and running it again to answer again could answer
+        # differently (a second cancel is a conflict). A caller that hears nothing asks again or reads the object.
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for channel, reply in replies:
+                    pipe.publish(channel, reply.model_dump_json())
+                await pipe.execute()
+        except RedisError:
+            log.warning("replies.lost", count=len(replies), exc_info=True)
+
+
+def _log_context(message: AnyObjectCommand | AnyOperationResult) -> dict[str, Any]:
+    return {"object_id": str(message.object_id), "message_id": str(message.message_id)}
 
 
 def register(broker: RedisBroker, settings: OrchestratorSettings, orchestrator: Orchestrator) -> None:
-    @broker.subscriber(
-        stream=StreamSub(OBJECT_COMMANDS, group=ORCHESTRATOR_GROUP, consumer=settings.instance_id, max_records=10),
-        ack_policy=AckPolicy.NACK_ON_ERROR,  # an error leaves the entry pending: the Reclaimer retries it
-        # Several at once: a handler spends most of its time waiting for PostgreSQL, or queued for a shared commit.
-        max_workers=settings.handler_concurrency,
-        title="object-commands",
-    )
-    async def on_object_command(command: AnyObjectCommand) -> None:
-        await orchestrator.handle_command(command)
+    # Batch subscribers: one handler call per read of up to MAX_BATCH entries, which share a transaction. A message
+    # at a time, FastStream's own path (context, middlewares, decoding, acknowledgement) cost about as much CPU as
+    # the use case itself. Entries are validated and acknowledged one by one: a malformed entry is dead-lettered
+    # and a failed one stays pending, for the Reclaimer, without holding back the rest of its batch.
+    commands = StreamBatch(orchestrator.redis, OBJECT_COMMANDS, settings, TypeAdapter(AnyObjectCommand))
+    results = StreamBatch(orchestrator.redis, OPERATION_RESULTS, settings, TypeAdapter(AnyOperationResult))
 
     @broker.subscriber(
-        stream=StreamSub(OPERATION_RESULTS, group=ORCHESTRATOR_GROUP, consumer=settings.instance_id, max_records=10),
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-        max_workers=settings.handler_concurrency,
-        title="operation-results",
+        stream=commands.subscription,
+        ack_policy=AckPolicy.MANUAL,  # acknowledged entry by entry, by StreamBatch
+        parser=undecoded,
+        title="object-commands",
+        description="Entries: SubmitObjectV1, CancelObjectV1, RetryObjectV1 (read in batches; see docs/events.md).",
     )
-    async def on_operation_result(event: AnyOperationResult) -> None:
-        await orchestrator.handle_result(event)
+    async def on_object_commands(message: RedisBatchStreamMessage) -> None:
+        await commands.consume(message, orchestrator.handle_commands)
+
+    @broker.subscriber(
+        stream=results.subscription,
+        ack_policy=AckPolicy.MANUAL,
+        parser=undecoded,
+        title="operation-results",
+        description="Entries: OperationStartedV1, OperationCompletedV1, OperationFailedV1 (read in batches).",
+    )
+    async def on_operation_results(message: RedisBatchStreamMessage) -> None:
+        await results.consume(message, orchestrator.handle_results)
 
     # The outbox relay writes these streams with plain XADDs; the declarations document them in AsyncAPI.
     broker.publisher(stream=OPERATION_COMMANDS, schema=RunOperationV1, title="operation-commands")
     broker.publisher(stream=OBJECT_EVENTS, schema=ObjectProgressedV1, title="object-events")
+
+
+async def undecoded(message: BatchStreamMessage) -> RedisBatchStreamMessageType:
+    """The batch as read. FastStream's batch parser decodes every entry and encodes the batch again as one JSON
+    document, failing outright on an entry that is not JSON; StreamBatch decodes and validates each entry itself."""
+    return RedisBatchStreamMessageType(message, b"", consumer=FAKE_CONSUMER, group=None)
+
+
+@dataclass
+class StreamBatch(Generic[M]):
+    """The entries of one batch read from `stream`: validated, handed over together, acknowledged one by one."""
+
+    redis: Redis
+    stream: str
+    settings: OrchestratorSettings
+    adapter: TypeAdapter[M]
+
+    @property
+    def subscription(self) -> "StreamSub[Literal[True]]":
+        return StreamSub(
+            self.stream, group=ORCHESTRATOR_GROUP, consumer=self.settings.instance_id, batch=True, max_records=MAX_BATCH
+        )
+
+    async def consume(
+        self, message: RedisBatchStreamMessage, handle: Callable[[list[M]], Awaitable[list[BaseException | None]]]
+    ) -> None:
+        raw = message.raw_message
+        valid: list[tuple[str, M]] = []
+        done: list[str] = []
+        for raw_id, fields in zip(raw["message_ids"], raw["data"], strict=True):
+            entry_id, body = as_text(raw_id), fields.get(DATA_FIELD.encode())
+            try:
+                if body is None:
+                    raise ValueError(f"entry has no {DATA_FIELD} field")
+                valid.append((entry_id, self.adapter.validate_json(body)))
+            except ValueError as exc:  # pydantic's ValidationError included: it can never succeed
+                consumer = f"{self.settings.service_name}:{self.settings.instance_id}"
+                await dead_letter(
+                    self.redis, self.stream, entry_id, consumer, body or b"", str(exc), self.settings.stream_maxlen
+                )
+                done.append(entry_id)
+        errors = await handle([item for _, item in valid]) if valid else []
+        for (entry_id, _), error in zip(valid, errors, strict=True):
+            if error is None:
+                done.append(entry_id)
+            else:  # left pending: the Reclaimer runs it again once it has been idle for CLAIM_IDLE_MS
+                log.error("message.failed", stream=self.stream, entry_id=entry_id, exc_info=error)
+        if done:
+            await self.redis.xack(self.stream, ORCHESTRATOR_GROUP, *done)
 
 
 def reclaimers(redis: Redis, settings: OrchestratorSettings, orchestrator: Orchestrator) -> list[Reclaimer]:

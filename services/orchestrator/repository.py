@@ -1,6 +1,6 @@
 """All SQL of the orchestrator. Callers own the transaction; nothing here commits."""
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, cast
 from uuid import UUID
@@ -34,16 +34,15 @@ class ObjectRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def insert_if_new(self, values: dict[str, Any]) -> bool:
-        """Insert unless the tenant's identifier is taken. The unique index decides, so racing submissions cannot
-        both win."""
-        inserted = await self.session.scalar(
+    async def insert_if_new(self, values: dict[str, Any]) -> ProcessingObject | None:
+        """Insert unless the tenant's identifier is taken, and return the new object; None when it is taken. The
+        unique index decides, so racing submissions cannot both win."""
+        return await self.session.scalar(
             insert(ProcessingObject)
             .values(**values)
             .on_conflict_do_nothing(index_elements=[ProcessingObject.tenant, ProcessingObject.identifier])
-            .returning(ProcessingObject.id)
+            .returning(ProcessingObject)
         )
-        return inserted is not None
 
     async def lock(self, object_id: UUID) -> ProcessingObject | None:
         return await self.session.scalar(
@@ -52,6 +51,18 @@ class ObjectRepository:
             .with_for_update()
             .execution_options(populate_existing=True)
         )
+
+    async def lock_all(self, object_ids: Iterable[UUID]) -> Sequence[ProcessingObject]:
+        """Lock the objects that exist of these, in id order: two transactions locking overlapping sets that way
+        wait for each other instead of deadlocking."""
+        result = await self.session.scalars(
+            select(ProcessingObject)
+            .where(ProcessingObject.id.in_(sorted(set(object_ids))))
+            .order_by(ProcessingObject.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        return result.all()
 
     async def lock_by_identifier(self, tenant: str, identifier: str) -> ProcessingObject | None:
         return await self.session.scalar(

@@ -5,9 +5,10 @@ an `object_event` (the numbered progress document) and outbox rows for every mes
 relay publishes those only after commit, so a crash can delay a message but never lose one.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, Literal
 from uuid import UUID, uuid4
 
@@ -54,10 +55,26 @@ class UnitOfWork:
     events: list[dict[str, Any]] = field(default_factory=list)
     outbox: list[OutboxMessage] = field(default_factory=list)
     admission_needed: bool = False
+    locked: dict[UUID, ProcessingObject] = field(default_factory=dict)
+    """Objects this transaction has locked: a row lock holds until commit, so a second lock needs no statement."""
 
-    @property
+    @cached_property
     def objects(self) -> ObjectRepository:
         return ObjectRepository(self.session)
+
+    async def lock(self, object_id: UUID) -> ProcessingObject | None:
+        """The object, locked until this transaction ends; None if there is no such object."""
+        obj = self.locked.get(object_id)
+        if obj is None:
+            obj = await self.objects.lock(object_id)
+            if obj is not None:
+                self.locked[object_id] = obj
+        return obj
+
+    async def lock_all(self, object_ids: Iterable[UUID]) -> None:
+        """Lock these objects up front, in one statement: a batch's use cases then find them locked."""
+        for obj in await self.objects.lock_all(object_ids):
+            self.locked[obj.id] = obj
 
     def emit(self, stream: str, message: BaseModel) -> None:
         self.outbox.append(OutboxMessage(stream=stream, body=message.model_dump_json()))
@@ -79,7 +96,7 @@ class ObjectService:
 
     async def submit(self, uow: UnitOfWork, command: SubmitObjectV1) -> CommandReplyV1:
         now = _now()
-        created = await uow.objects.insert_if_new(
+        obj = await uow.objects.insert_if_new(
             {
                 "id": command.object_id,
                 "tenant": command.tenant,
@@ -99,14 +116,14 @@ class ObjectService:
                 "updated_at": now,
             }
         )
-        obj = await uow.objects.lock_by_identifier(command.tenant, command.identifier)
-        if obj is None:  # pragma: no cover - the row was inserted or already existed in this transaction
-            msg = f"object {command.identifier!r} vanished during submission"
-            raise RuntimeError(msg)
-        if not created:
+        if obj is None:
             # The identifier is taken. If it is taken by this very command (a redelivery), it was accepted.
-            outcome: Literal["accepted", "exists"] = "accepted" if obj.id == command.object_id else "exists"
-            return self._reply(command, outcome, obj)
+            existing = await uow.objects.lock_by_identifier(command.tenant, command.identifier)
+            if existing is None:  # pragma: no cover - the conflicting row cannot be deleted
+                msg = f"object {command.identifier!r} vanished during submission"
+                raise RuntimeError(msg)
+            outcome: Literal["accepted", "exists"] = "accepted" if existing.id == command.object_id else "exists"
+            return self._reply(command, outcome, existing)
         self._audit(uow, obj, None, "submit")
         self._transition(uow, obj, "enqueue")
         obj.queued_at = now
@@ -116,7 +133,7 @@ class ObjectService:
         return self._reply(command, "accepted", obj)
 
     async def cancel(self, uow: UnitOfWork, command: CancelObjectV1) -> CommandReplyV1:
-        obj = await uow.objects.lock(command.object_id)
+        obj = await uow.lock(command.object_id)
         if obj is None or obj.tenant != command.tenant:  # another tenant's object does not exist for this one
             return self._reply(command, "not_found", None, "no object with this id")
         state = ObjectState(obj.state)
@@ -136,7 +153,7 @@ class ObjectService:
         return self._reply(command, "conflict", obj, f"an object in state '{state}' cannot be cancelled")
 
     async def retry(self, uow: UnitOfWork, command: RetryObjectV1) -> CommandReplyV1:
-        obj = await uow.objects.lock(command.object_id)
+        obj = await uow.lock(command.object_id)
         if obj is None or obj.tenant != command.tenant:
             return self._reply(command, "not_found", None, "no object with this id")
         if obj.state != ObjectState.FAILED:
@@ -249,7 +266,7 @@ class ObjectService:
         current run (`task_id`) and current operation, and only until that operation is completed; the row lock
         serialises two copies of one result, so the second finds it applied. (A repeated `started` is caught by
         `operation_started`.)"""
-        obj = await uow.objects.lock(event.object_id)
+        obj = await uow.lock(event.object_id)
         if obj is None:
             log.warning("result.unknown_object", object_id=str(event.object_id))
             return None

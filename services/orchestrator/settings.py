@@ -6,10 +6,6 @@ from libs.common.settings import ConcurrencySettings, DatabaseSettings, ServiceS
 class OrchestratorSettings(ServiceSettings, DatabaseSettings, ConcurrencySettings):
     service_name: str = "orchestrator"
     port: int = Field(default=8001, ge=1, le=65535)
-    handler_concurrency: int = Field(default=32, ge=1)
-    """Messages of each consumed stream handled at once by one instance (FastStream `max_workers`). Those that arrive
-    while a transaction runs share the next one (group commit), so this also bounds a batch. Correctness does not
-    depend on it: every handler locks the rows it changes, and admission is serialised in PostgreSQL."""
     # Safety nets behind the event-driven paths: admission after every freed slot, outbox relay after every commit.
     admission_interval_seconds: float = Field(default=1.0, gt=0)
     outbox_sweep_seconds: float = Field(default=1.0, gt=0)

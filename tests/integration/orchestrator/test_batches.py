@@ -1,0 +1,131 @@
+"""The orchestrator's batch reads, against PostgreSQL and Redis: entries are acknowledged one by one, and a batch's
+row locks take one statement."""
+
+from collections.abc import Iterator, Sequence
+from typing import Any, cast
+from uuid import uuid4
+
+import orjson
+import pytest
+from faststream.redis.message import BatchStreamMessage
+from pydantic import TypeAdapter
+from redis.asyncio import Redis
+from sqlalchemy import event, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from libs.common.db.models import ProcessingObject
+from libs.common.domain import Operation
+from libs.common.events import AnyOperationResult, OperationStartedV1, SubmitObjectV1
+from libs.common.events.streams import DATA_FIELD, DEAD_LETTERS, OPERATION_RESULTS, ORCHESTRATOR_GROUP
+from services.orchestrator.handlers import Orchestrator, StreamBatch, undecoded
+from services.orchestrator.outbox import OutboxRelay
+from services.orchestrator.service import ObjectService
+from services.orchestrator.settings import OrchestratorSettings
+
+Sessionmaker = async_sessionmaker[AsyncSession]
+
+
+def started(object_id: Any = None) -> OperationStartedV1:
+    return OperationStartedV1(
+        object_id=object_id or uuid4(), task_id=uuid4(), operation="validate", index=0, executor_id="executor-test"
+    )
+
+
+async def read_batch(redis: Redis, entries: Sequence[dict[str, bytes]]) -> tuple[list[str], BatchStreamMessage]:
+    """Add the entries to the results stream and read them as the orchestrator's group does (so they are pending)."""
+    for fields in entries:
+        await redis.xadd(OPERATION_RESULTS, fields)  # type: ignore[arg-type]
+    response = await redis.xreadgroup(ORCHESTRATOR_GROUP, "test-consumer", {OPERATION_RESULTS: ">"})
+    [(stream, read)] = cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]], response)
+    ids = [entry_id for entry_id, _ in read]
+    message = BatchStreamMessage(
+        type="bstream", channel=stream.decode(), data=[fields for _, fields in read], message_ids=ids
+    )
+    return [entry_id.decode() for entry_id in ids], message
+
+
+async def test_a_batch_acknowledges_what_it_applied_and_parked_and_leaves_a_failure_pending(clean: Redis) -> None:
+    applied, failing = started(), started()
+    ids, message = await read_batch(
+        clean,
+        [
+            {DATA_FIELD: applied.model_dump_json().encode()},
+            {DATA_FIELD: b"\x00 not json"},
+            {"something": b"else"},
+            {DATA_FIELD: failing.model_dump_json().encode()},
+        ],
+    )
+    settings = OrchestratorSettings.model_construct(instance_id="test-orchestrator")
+    batch = StreamBatch(clean, OPERATION_RESULTS, settings, TypeAdapter(AnyOperationResult))
+    handed: list[list[object]] = []
+
+    async def handle(events: list[AnyOperationResult]) -> list[BaseException | None]:
+        handed.append(list(events))
+        return [None if event == applied else RuntimeError("database unavailable") for event in events]
+
+    await batch.consume(await undecoded(message), handle)
+
+    assert handed == [[applied, failing]], "one call for the batch, with only the entries that parse"
+    pending = await clean.xpending_range(OPERATION_RESULTS, ORCHESTRATOR_GROUP, min="-", max="+", count=10)
+    assert [cast(bytes, entry["message_id"]).decode() for entry in pending] == [ids[3]], "only the failed one is left"
+    parked = cast(list[tuple[bytes, dict[bytes, bytes]]], await clean.xrange(DEAD_LETTERS))
+    letters = [orjson.loads(fields[DATA_FIELD.encode()]) for _, fields in parked]
+    assert [letter["entry_id"] for letter in letters] == [ids[1], ids[2]]
+    assert "JSON" in letters[0]["reason"] or "json" in letters[0]["reason"]
+    assert letters[1]["reason"] == f"entry has no {DATA_FIELD} field"
+
+
+@pytest.fixture
+def row_locks(isolated_sessionmaker: Sessionmaker) -> Iterator[list[str]]:
+    """The statements that lock processing_object rows, as sent to PostgreSQL."""
+    statements: list[str] = []
+    engine = isolated_sessionmaker.kw["bind"].sync_engine
+
+    def on_execute(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if "FROM processing_object" in statement and "FOR UPDATE" in statement and "SKIP LOCKED" not in statement:
+            statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", on_execute)
+    yield statements
+    event.remove(engine, "before_cursor_execute", on_execute)
+
+
+async def test_the_row_locks_of_a_batch_take_one_statement(
+    isolated_sessionmaker: Sessionmaker, clean: Redis, row_locks: list[str]
+) -> None:
+    orchestrator = Orchestrator(
+        isolated_sessionmaker,
+        clean,
+        OutboxRelay(isolated_sessionmaker, clean, stream_maxlen=1000),
+        ObjectService(max_parallel_workers=3),
+    )
+    commands = [
+        SubmitObjectV1(object_id=uuid4(), identifier=f"it-batch-{uuid4().hex}", operations=[Operation("validate")])
+        for _ in range(3)
+    ]
+    assert await orchestrator.handle_commands(commands) == [None, None, None]
+    async with isolated_sessionmaker() as session:
+        objects = (
+            await session.scalars(
+                select(ProcessingObject).where(ProcessingObject.id.in_([command.object_id for command in commands]))
+            )
+        ).all()
+    assert {obj.state for obj in objects} == {"processing"}
+    row_locks.clear()
+
+    events = [
+        OperationStartedV1(
+            object_id=obj.id, task_id=obj.task_id, operation="validate", index=0, executor_id="executor-test"
+        )
+        for obj in objects
+    ]
+    assert await orchestrator.handle_results(events) == [None, None, None]
+
+    assert len(row_locks) == 1, row_locks
+    async with isolated_sessionmaker() as session:
+        statuses = (
+            await session.scalars(
+                select(ProcessingObject.operations_status).where(ProcessingObject.id.in_([obj.id for obj in objects]))
+            )
+        ).all()
+    assert all(cast(dict[str, Any], status)["validate"]["executor_id"] == "executor-test" for status in statuses)
