@@ -5,15 +5,13 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 import structlog
 from faststream import AckPolicy
-from faststream.redis import RedisBroker, StreamSub
+from faststream.redis import RedisBroker
 from faststream.redis.annotations import RedisBatchStreamMessage
-from faststream.redis.message import FAKE_CONSUMER, BatchStreamMessage
-from faststream.redis.message import RedisBatchStreamMessage as RedisBatchStreamMessageType
 from pydantic import TypeAdapter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -34,15 +32,14 @@ from libs.common.events import (
     SubmitObjectV1,
 )
 from libs.common.events.streams import (
-    DATA_FIELD,
     OBJECT_COMMANDS,
     OBJECT_EVENTS,
     OPERATION_COMMANDS,
     OPERATION_RESULTS,
     ORCHESTRATOR_GROUP,
-    as_text,
 )
-from libs.common.reclaim import Reclaimer, dead_letter
+from libs.common.reclaim import Reclaimer
+from services.orchestrator.batches import MAX_BATCH, StreamBatch
 from services.orchestrator.inflight import lost_operations
 from services.orchestrator.outbox import OutboxRelay
 from services.orchestrator.repository import ObjectRepository, OutboxRepository
@@ -53,9 +50,6 @@ log = structlog.get_logger()
 T = TypeVar("T")
 M = TypeVar("M")
 UseCase = Callable[[UnitOfWork], Awaitable[T]]
-
-MAX_BATCH = 64
-"""At most this many use cases share a transaction."""
 
 
 @dataclass(frozen=True)
@@ -291,86 +285,41 @@ def _log_context(message: AnyObjectCommand | AnyOperationResult) -> dict[str, An
     return {"object_id": str(message.object_id), "message_id": str(message.message_id)}
 
 
+BATCH_NOTE = (
+    "Read in batches of up to 64 entries, so the payload below is the list of a read's entries; each stream entry "
+    "holds one of these messages."
+)
+
+
 def register(broker: RedisBroker, settings: OrchestratorSettings, orchestrator: Orchestrator) -> None:
-    # Batch subscribers: one handler call per read of up to MAX_BATCH entries, which share a transaction. A message
-    # at a time, FastStream's own path (context, middlewares, decoding, acknowledgement) cost about as much CPU as
-    # the use case itself. Entries are validated and acknowledged one by one: a malformed entry is dead-lettered
-    # and a failed one stays pending, for the Reclaimer, without holding back the rest of its batch.
     commands = StreamBatch(orchestrator.redis, OBJECT_COMMANDS, settings, TypeAdapter(AnyObjectCommand))
     results = StreamBatch(orchestrator.redis, OPERATION_RESULTS, settings, TypeAdapter(AnyOperationResult))
 
     @broker.subscriber(
         stream=commands.subscription,
-        ack_policy=AckPolicy.MANUAL,  # acknowledged entry by entry, by StreamBatch
-        parser=undecoded,
+        ack_policy=AckPolicy.MANUAL,  # entry by entry, by StreamBatch.consume
+        parser=commands.parse,
+        decoder=commands.decode,
         title="object-commands",
-        description="Entries: SubmitObjectV1, CancelObjectV1, RetryObjectV1 (read in batches; see docs/events.md).",
+        description=BATCH_NOTE,
     )
-    async def on_object_commands(message: RedisBatchStreamMessage) -> None:
-        await commands.consume(message, orchestrator.handle_commands)
+    async def on_object_commands(body: list[AnyObjectCommand], message: RedisBatchStreamMessage) -> None:
+        await commands.consume(message, body, orchestrator.handle_commands)
 
     @broker.subscriber(
         stream=results.subscription,
         ack_policy=AckPolicy.MANUAL,
-        parser=undecoded,
+        parser=results.parse,
+        decoder=results.decode,
         title="operation-results",
-        description="Entries: OperationStartedV1, OperationCompletedV1, OperationFailedV1 (read in batches).",
+        description=BATCH_NOTE,
     )
-    async def on_operation_results(message: RedisBatchStreamMessage) -> None:
-        await results.consume(message, orchestrator.handle_results)
+    async def on_operation_results(body: list[AnyOperationResult], message: RedisBatchStreamMessage) -> None:
+        await results.consume(message, body, orchestrator.handle_results)
 
     # The outbox relay writes these streams with plain XADDs; the declarations document them in AsyncAPI.
     broker.publisher(stream=OPERATION_COMMANDS, schema=RunOperationV1, title="operation-commands")
     broker.publisher(stream=OBJECT_EVENTS, schema=ObjectProgressedV1, title="object-events")
-
-
-async def undecoded(message: BatchStreamMessage) -> RedisBatchStreamMessageType:
-    """The batch as read. FastStream's batch parser decodes every entry and encodes the batch again as one JSON
-    document, failing outright on an entry that is not JSON; StreamBatch decodes and validates each entry itself."""
-    return RedisBatchStreamMessageType(message, b"", consumer=FAKE_CONSUMER, group=None)
-
-
-@dataclass
-class StreamBatch(Generic[M]):
-    """The entries of one batch read from `stream`: validated, handed over together, acknowledged one by one."""
-
-    redis: Redis
-    stream: str
-    settings: OrchestratorSettings
-    adapter: TypeAdapter[M]
-
-    @property
-    def subscription(self) -> "StreamSub[Literal[True]]":
-        return StreamSub(
-            self.stream, group=ORCHESTRATOR_GROUP, consumer=self.settings.instance_id, batch=True, max_records=MAX_BATCH
-        )
-
-    async def consume(
-        self, message: RedisBatchStreamMessage, handle: Callable[[list[M]], Awaitable[list[BaseException | None]]]
-    ) -> None:
-        raw = message.raw_message
-        valid: list[tuple[str, M]] = []
-        done: list[str] = []
-        for raw_id, fields in zip(raw["message_ids"], raw["data"], strict=True):
-            entry_id, body = as_text(raw_id), fields.get(DATA_FIELD.encode())
-            try:
-                if body is None:
-                    raise ValueError(f"entry has no {DATA_FIELD} field")
-                valid.append((entry_id, self.adapter.validate_json(body)))
-            except ValueError as exc:  # pydantic's ValidationError included: it can never succeed
-                consumer = f"{self.settings.service_name}:{self.settings.instance_id}"
-                await dead_letter(
-                    self.redis, self.stream, entry_id, consumer, body or b"", str(exc), self.settings.stream_maxlen
-                )
-                done.append(entry_id)
-        errors = await handle([item for _, item in valid]) if valid else []
-        for (entry_id, _), error in zip(valid, errors, strict=True):
-            if error is None:
-                done.append(entry_id)
-            else:  # left pending: the Reclaimer runs it again once it has been idle for CLAIM_IDLE_MS
-                log.error("message.failed", stream=self.stream, entry_id=entry_id, exc_info=error)
-        if done:
-            await self.redis.xack(self.stream, ORCHESTRATOR_GROUP, *done)
 
 
 def reclaimers(redis: Redis, settings: OrchestratorSettings, orchestrator: Orchestrator) -> list[Reclaimer]:

@@ -17,7 +17,8 @@ from libs.common.db.models import ProcessingObject
 from libs.common.domain import Operation
 from libs.common.events import AnyOperationResult, OperationStartedV1, SubmitObjectV1
 from libs.common.events.streams import DATA_FIELD, DEAD_LETTERS, OPERATION_RESULTS, ORCHESTRATOR_GROUP
-from services.orchestrator.handlers import Orchestrator, StreamBatch, undecoded
+from services.orchestrator.batches import StreamBatch
+from services.orchestrator.handlers import Orchestrator
 from services.orchestrator.outbox import OutboxRelay
 from services.orchestrator.service import ObjectService
 from services.orchestrator.settings import OrchestratorSettings
@@ -63,7 +64,8 @@ async def test_a_batch_acknowledges_what_it_applied_and_parked_and_leaves_a_fail
         handed.append(list(events))
         return [None if event == applied else RuntimeError("database unavailable") for event in events]
 
-    await batch.consume(await undecoded(message), handle)
+    parsed = await batch.parse(message)
+    await batch.consume(parsed, await batch.decode(parsed), handle)
 
     assert handed == [[applied, failing]], "one call for the batch, with only the entries that parse"
     pending = await clean.xpending_range(OPERATION_RESULTS, ORCHESTRATOR_GROUP, min="-", max="+", count=10)
