@@ -6,8 +6,6 @@ from dataclasses import dataclass, field
 import structlog
 from faststream import AckPolicy
 from faststream.redis import RedisBroker, StreamSub
-from faststream.redis.annotations import RedisStreamMessage
-from faststream.redis.publisher.usecase import StreamPublisher
 from pydantic import BaseModel, TypeAdapter
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -16,6 +14,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from libs.common.events import AnyOperationResult, OperationFailedV1, RunOperationV1
 from libs.common.events.streams import (
+    DATA_FIELD,
     EXECUTOR_GROUP,
     OPERATION_COMMANDS,
     OPERATION_RESULTS,
@@ -40,7 +39,6 @@ PUBLISH_ATTEMPTS = 8
 @dataclass
 class Executor:
     settings: ExecutorSettings
-    results: StreamPublisher
     # Built in the lifespan (they need connections); None before start-up.
     runner: OperationRunner | None = None
     redis: Redis | None = field(default=None, repr=False)
@@ -137,9 +135,18 @@ class Executor:
     async def _publish(self, message: BaseModel) -> None:
         # Redis restarting must not throw away finished work: the artifact is in S3, only the report is missing,
         # and the command's entry may be gone with Redis's data (nothing would redeliver it).
+        if self.redis is None:
+            raise RuntimeError("executor not started")
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
             try:
-                await self.results.publish(message)
+                # A plain XADD of the message's JSON, as FastStream's publisher would write it (PlainJsonFormat),
+                # without its per-publish middleware path.
+                await self.redis.xadd(
+                    OPERATION_RESULTS,
+                    {DATA_FIELD: message.model_dump_json()},
+                    maxlen=self.settings.stream_maxlen,
+                    approximate=True,
+                )
                 return
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 if attempt == PUBLISH_ATTEMPTS:
@@ -150,12 +157,13 @@ class Executor:
 
 
 def register(broker: RedisBroker, settings: ExecutorSettings) -> Executor:
-    results = broker.publisher(
+    # Executor._publish writes this stream with plain XADDs; the declaration documents it in AsyncAPI.
+    broker.publisher(
         stream=StreamSub(OPERATION_RESULTS, maxlen=settings.stream_maxlen),
         schema=AnyOperationResult,
         title="operation-results",
     )
-    executor = Executor(settings, results)
+    executor = Executor(settings)
 
     @broker.subscriber(
         # max_records=1: an entry read ahead would sit in this consumer's pending list, unbeaten by any
@@ -165,8 +173,10 @@ def register(broker: RedisBroker, settings: ExecutorSettings) -> Executor:
         ack_policy=AckPolicy.NACK_ON_ERROR,
         title="operation-commands",
     )
-    async def on_run_operation(command: RunOperationV1, message: RedisStreamMessage) -> None:
-        await executor.execute(command, entry_id_of(message))
+    async def on_run_operation(command: RunOperationV1) -> None:
+        # From the context, not a `message: RedisStreamMessage` parameter: FastDepends resolves such a parameter
+        # in a worker thread, a thread hop for every message.
+        await executor.execute(command, entry_id_of(broker.context.get_local("message")))
 
     return executor
 

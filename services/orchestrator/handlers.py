@@ -11,7 +11,6 @@ from uuid import UUID
 import structlog
 from faststream import AckPolicy
 from faststream.redis import RedisBroker
-from faststream.redis.annotations import RedisBatchStreamMessage
 from pydantic import TypeAdapter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -303,8 +302,9 @@ def register(broker: RedisBroker, settings: OrchestratorSettings, orchestrator: 
         title="object-commands",
         description=BATCH_NOTE,
     )
-    async def on_object_commands(body: list[AnyObjectCommand], message: RedisBatchStreamMessage) -> None:
-        await commands.consume(message, body, orchestrator.handle_commands)
+    async def on_object_commands(body: list[AnyObjectCommand]) -> None:
+        # The message from the context: FastDepends resolves a `message` parameter in a worker thread.
+        await commands.consume(broker.context.get_local("message"), body, orchestrator.handle_commands)
 
     @broker.subscriber(
         stream=results.subscription,
@@ -314,8 +314,8 @@ def register(broker: RedisBroker, settings: OrchestratorSettings, orchestrator: 
         title="operation-results",
         description=BATCH_NOTE,
     )
-    async def on_operation_results(body: list[AnyOperationResult], message: RedisBatchStreamMessage) -> None:
-        await results.consume(message, body, orchestrator.handle_results)
+    async def on_operation_results(body: list[AnyOperationResult]) -> None:
+        await results.consume(broker.context.get_local("message"), body, orchestrator.handle_results)
 
     # The outbox relay writes these streams with plain XADDs; the declarations document them in AsyncAPI.
     broker.publisher(stream=OPERATION_COMMANDS, schema=RunOperationV1, title="operation-commands")
