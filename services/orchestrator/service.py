@@ -7,7 +7,7 @@ relay publishes those only after commit, so a crash can delay a message but neve
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any, Literal
 from uuid import UUID, uuid4
@@ -192,6 +192,8 @@ class ObjectService:
         if obj is None:
             return
         status = dict(obj.operations_status.get(event.operation, {}))
+        if "started_at" not in status:  # short operations report no start (the executor's STARTED_REPORT_DELAY_MS)
+            status["started_at"] = (event.occurred_at - timedelta(milliseconds=event.duration_ms)).isoformat()
         status.update(
             completed=True,
             s3_url=event.s3_url,

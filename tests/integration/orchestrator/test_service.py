@@ -8,6 +8,7 @@ so tests that admit run on a database of their own (`isolated_sessionmaker`, see
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Generic, TypeVar
 from uuid import UUID, uuid4
 
@@ -389,6 +390,19 @@ async def test_admit_waits_for_a_concurrent_admission_to_commit(isolated_session
 
 
 # --- results -------------------------------------------------------------------------------------------------
+
+
+async def test_a_completion_with_no_start_reported_records_when_the_operation_began(isolated: Pipeline) -> None:
+    object_id = await isolated.submit(["validate"], payload={"a": 1})
+    run = await isolated.admit_one(object_id)
+
+    done = completed(run, duration_ms=40.0)  # a short operation: the executor reported no start
+    applied = await isolated.complete(done)
+
+    assert [e.change for e in applied.progressed()] == ["operation_completed", "state_changed"]
+    status = (await snapshot(isolated.sessionmaker, object_id)).obj.operations_status["validate"]
+    assert status["started_at"] == (done.occurred_at - timedelta(milliseconds=40)).isoformat()
+    assert status["completed"] is True
 
 
 async def test_results_move_the_object_through_its_operations_and_complete_it(isolated: Pipeline) -> None:
