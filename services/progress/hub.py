@@ -3,17 +3,32 @@
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from uuid import UUID
 
+import orjson
+
 from libs.common.events import ObjectProgressedV1
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """One event as every subscriber of its object sends it: the document is encoded once, not once per subscriber
+    (with thousands of subscribers of one object, encoding was most of the fan-out's time)."""
+
+    seq: int
+    data: str
+    """The progress document, as JSON."""
+    terminal: bool
 
 
 @dataclass(eq=False)
 class Subscription:
     object_id: UUID
-    queue: asyncio.Queue[ObjectProgressedV1]
-    overflowed: asyncio.Event = field(default_factory=asyncio.Event)
+    queue: "asyncio.Queue[Update | None]"
+    """Updates in order; None when the subscriber fell too far behind, and is to close (it resumes from PostgreSQL
+    with Last-Event-ID and loses nothing)."""
+    overflowed: bool = False
 
 
 class Hub:
@@ -27,7 +42,8 @@ class Hub:
 
     @contextmanager
     def subscribe(self, object_id: UUID) -> Iterator[Subscription]:
-        subscription = Subscription(object_id, asyncio.Queue(self.queue_size))
+        # Unbounded: `publish` keeps the bound, leaving room for the overflow marker after the last update.
+        subscription = Subscription(object_id, asyncio.Queue())
         self._subscriptions.setdefault(object_id, set()).add(subscription)
         try:
             yield subscription
@@ -39,10 +55,18 @@ class Hub:
                     del self._subscriptions[object_id]
 
     def publish(self, event: ObjectProgressedV1) -> None:
-        for subscription in self._subscriptions.get(event.object_id, ()):
-            try:
-                subscription.queue.put_nowait(event)
-            except asyncio.QueueFull:
-                # A subscriber this far behind is dropped rather than allowed to grow memory; it resumes from
-                # PostgreSQL with Last-Event-ID and loses nothing.
-                subscription.overflowed.set()
+        subscriptions = self._subscriptions.get(event.object_id)
+        if not subscriptions:
+            return
+        # Encoded as the stored documents are (services/progress/service.py), so a resumed stream reads the same.
+        data = orjson.dumps(event.document.model_dump(mode="json")).decode()
+        update = Update(event.seq, data, event.document.state.is_terminal)
+        for subscription in subscriptions:
+            if subscription.overflowed:
+                continue
+            if subscription.queue.qsize() >= self.queue_size:
+                # A subscriber this far behind is dropped rather than allowed to grow memory.
+                subscription.overflowed = True
+                subscription.queue.put_nowait(None)
+            else:
+                subscription.queue.put_nowait(update)

@@ -1,6 +1,5 @@
 """The SSE stream of one object: the current document, then every change, resumable with Last-Event-ID."""
 
-import asyncio
 from collections.abc import AsyncIterator
 from uuid import UUID
 
@@ -9,13 +8,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sse_starlette import ServerSentEvent
 
 from libs.common.db.models import ObjectEvent
-from libs.common.domain import ObjectState
+from libs.common.domain import TERMINAL_STATES
 from libs.common.errors import NotFoundError
-from libs.common.events import ObjectProgressedV1
-from services.progress.hub import Hub, Subscription
+from services.progress.hub import Hub, Update
 from services.progress.repository import EventReader
 
-TERMINAL = {state.value for state in (ObjectState.COMPLETED, ObjectState.FAILED, ObjectState.CANCELLED)}
+TERMINAL = {state.value for state in TERMINAL_STATES}
 
 
 class StreamFinished(Exception):  # noqa: N818 - a signal, not an error
@@ -47,27 +45,25 @@ class ProgressStreams:
             backlog = await self._backlog(object_id, last_event_id)
             first = True
             while True:
-                for seq, document in backlog:
-                    if seq <= last_sent:
+                for update in backlog:
+                    if update.seq <= last_sent:
                         continue
-                    yield ServerSentEvent(
-                        data=orjson.dumps(document).decode(), id=str(seq), retry=self.retry_ms if first else None
-                    )
+                    yield ServerSentEvent(data=update.data, id=str(update.seq), retry=self.retry_ms if first else None)
                     first = False
-                    last_sent = seq
-                    if document["state"] in TERMINAL:
+                    last_sent = update.seq
+                    if update.terminal:
                         return
-                event = await self._next(subscription)
-                if event is None:  # overflowed: close, the client resumes from its Last-Event-ID
+                received = await subscription.queue.get()
+                if received is None:  # overflowed: close, the client resumes from its Last-Event-ID
                     return
-                if event.seq == last_sent + 1:
-                    backlog = [(event.seq, event.document.model_dump(mode="json"))]
-                elif event.seq > last_sent + 1:  # a gap (events relayed out of order): fill it from PostgreSQL
+                if received.seq == last_sent + 1:
+                    backlog = [received]
+                elif received.seq > last_sent + 1:  # a gap (events relayed out of order): fill it from PostgreSQL
                     backlog = await self._backlog(object_id, last_sent)
                 else:
                     backlog = []
 
-    async def _backlog(self, object_id: UUID, after: int | None) -> list[tuple[int, dict[str, object]]]:
+    async def _backlog(self, object_id: UUID, after: int | None) -> list[Update]:
         async with self.sessionmaker() as session:
             reader = EventReader(session)
             rows: list[ObjectEvent] = []
@@ -76,19 +72,4 @@ class ProgressStreams:
                 rows = [latest] if latest else []
             else:
                 rows = list(await reader.after(object_id, after))
-        return [(row.seq, row.document) for row in rows]
-
-    @staticmethod
-    async def _next(subscription: Subscription) -> ObjectProgressedV1 | None:
-        if subscription.overflowed.is_set():
-            return None
-        get = asyncio.ensure_future(subscription.queue.get())
-        overflow = asyncio.ensure_future(subscription.overflowed.wait())
-        try:
-            done, _ = await asyncio.wait({get, overflow}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            get.cancel()
-            overflow.cancel()
-        if get in done and not get.cancelled():
-            return get.result()
-        return None
+        return [Update(row.seq, orjson.dumps(row.document).decode(), row.document["state"] in TERMINAL) for row in rows]

@@ -4,6 +4,7 @@ import asyncio
 from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
+import orjson
 import pytest
 
 from libs.common.domain import ObjectState
@@ -31,10 +32,12 @@ def event(object_id: UUID, seq: int) -> ObjectProgressedV1:
     return ObjectProgressedV1(object_id=object_id, seq=seq, change="state_changed", document=document)
 
 
-def drain(subscription: Subscription) -> list[int]:
-    seqs: list[int] = []
+def drain(subscription: Subscription) -> list[int | None]:
+    """The seqs queued for the subscriber; None for the overflow marker."""
+    seqs: list[int | None] = []
     while not subscription.queue.empty():
-        seqs.append(subscription.queue.get_nowait().seq)
+        update = subscription.queue.get_nowait()
+        seqs.append(None if update is None else update.seq)
     return seqs
 
 
@@ -45,7 +48,7 @@ def test_publish_delivers_every_event_to_every_subscriber_of_the_object() -> Non
         for seq in (1, 2, 3):
             hub.publish(event(object_id, seq))
         assert [drain(sub) for sub in (first, second, third)] == [[1, 2, 3]] * 3
-        assert not any(sub.overflowed.is_set() for sub in (first, second, third))
+        assert not any(sub.overflowed for sub in (first, second, third))
 
 
 def test_publish_delivers_nothing_to_subscribers_of_other_objects() -> None:
@@ -64,7 +67,7 @@ def test_publish_is_a_no_op_when_nobody_subscribes() -> None:
     assert hub.subscriber_count == 0
 
 
-def test_publish_sets_overflow_and_keeps_the_queue_when_subscriber_falls_behind() -> None:
+def test_publish_marks_overflow_and_keeps_the_queue_when_subscriber_falls_behind() -> None:
     hub = Hub(queue_size=2)
     object_id = uuid4()
     with hub.subscribe(object_id) as slow, hub.subscribe(object_id) as fast:
@@ -73,10 +76,25 @@ def test_publish_sets_overflow_and_keeps_the_queue_when_subscriber_falls_behind(
         hub.publish(event(object_id, 2))
         assert drain(fast) == [2]
         hub.publish(event(object_id, 3))
-        assert slow.overflowed.is_set()
-        assert drain(slow) == [1, 2]  # what fitted is kept; the subscriber resumes from the database
-        assert drain(fast) == [3]
-        assert not fast.overflowed.is_set()
+        hub.publish(event(object_id, 4))
+        assert slow.overflowed
+        # What fitted is kept, then the marker that closes the stream; the subscriber resumes from the database.
+        assert drain(slow) == [1, 2, None]
+        assert drain(fast) == [3, 4]
+        assert not fast.overflowed
+
+
+def test_every_subscriber_gets_the_document_encoded_once_as_json() -> None:
+    hub = Hub(queue_size=4)
+    object_id = uuid4()
+    published = event(object_id, 1)
+    with hub.subscribe(object_id) as first, hub.subscribe(object_id) as second:
+        hub.publish(published)
+        one, other = first.queue.get_nowait(), second.queue.get_nowait()
+    assert one is other, "one encoding shared by every subscriber"
+    assert one is not None
+    assert orjson.loads(one.data) == published.document.model_dump(mode="json")
+    assert not one.terminal
 
 
 def test_subscribe_unregisters_on_exit() -> None:
@@ -106,5 +124,5 @@ async def test_subscriber_waiting_on_the_queue_wakes_on_publish() -> None:
         assert not waiter.done()
         hub.publish(event(object_id, 7))
         received = await asyncio.wait_for(waiter, timeout=1)
+    assert received is not None
     assert received.seq == 7
-    assert received.object_id == object_id
