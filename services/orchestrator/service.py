@@ -205,10 +205,14 @@ class ObjectService:
         if event.output_url:
             obj.data_url = event.output_url
             obj.data_url_format = event.output_format
+        # The next operation is sent first, so the event carries the document this transaction leaves: the next
+        # operation running (short operations report no start of their own; see the executor's
+        # STARTED_REPORT_DELAY_MS). After the last one, a second event follows with the final state.
+        dispatched = not obj.cancel_requested and self._dispatch_next(uow, obj)
         self._record_change(uow, obj, "operation_completed")
         if obj.cancel_requested:
             self._finish(uow, obj, "cancel")
-        elif not self._dispatch_next(uow, obj):
+        elif not dispatched:
             self._finish(uow, obj, "complete")
 
     async def operation_failed(self, uow: UnitOfWork, event: OperationFailedV1) -> None:
