@@ -5,7 +5,7 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple, cast
 from uuid import UUID
 
-from sqlalchemy import Table, delete, func, or_, select
+from sqlalchemy import ARRAY, BigInteger, Table, Uuid, any_, bindparam, delete, func, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,6 +22,13 @@ EVENTS = cast(Table, ObjectEvent.__table__)
 OBJECTS = cast(Table, ProcessingObject.__table__)
 
 
+INSERT_IF_NEW = (
+    insert(ProcessingObject)
+    .on_conflict_do_nothing(index_elements=[ProcessingObject.tenant, ProcessingObject.identifier])
+    .returning(ProcessingObject)
+)
+
+
 class InFlight(NamedTuple):
     """A processing object's running operation, as the executors know it."""
 
@@ -36,13 +43,12 @@ class ObjectRepository:
 
     async def insert_if_new(self, values: dict[str, Any]) -> ProcessingObject | None:
         """Insert unless the tenant's identifier is taken, and return the new object; None when it is taken. The
-        unique index decides, so racing submissions cannot both win."""
-        return await self.session.scalar(
-            insert(ProcessingObject)
-            .values(**values)
-            .on_conflict_do_nothing(index_elements=[ProcessingObject.tenant, ProcessingObject.identifier])
-            .returning(ProcessingObject)
-        )
+        unique index decides, so racing submissions cannot both win. `values` are keyed by attribute name (an ORM
+        bulk insert: `object_metadata`, not the column's name)."""
+        # The values as parameters, not in the statement: the statement is then the same every time, and its
+        # compiled form is cached (with .values(), every submission compiled a new one, payload included).
+        created = await self.session.scalars(INSERT_IF_NEW, [values])
+        return created.first()
 
     async def lock(self, object_id: UUID) -> ProcessingObject | None:
         return await self.session.scalar(
@@ -57,7 +63,7 @@ class ObjectRepository:
         wait for each other instead of deadlocking."""
         result = await self.session.scalars(
             select(ProcessingObject)
-            .where(ProcessingObject.id.in_(sorted(set(object_ids))))
+            .where(ProcessingObject.id == any_(bindparam("ids", sorted(set(object_ids)), type_=ARRAY(Uuid))))
             .order_by(ProcessingObject.id)
             .with_for_update()
             .execution_options(populate_existing=True)
@@ -158,4 +164,7 @@ class OutboxRepository:
 
     async def delete(self, ids: Sequence[int]) -> None:
         connection = await self.session.connection()
-        await connection.execute(delete(OUTBOX).where(OUTBOX.c.id.in_(ids)))
+        # = ANY(array), not IN (...): one statement text for any number of ids, so it is prepared once.
+        await connection.execute(
+            delete(OUTBOX).where(OUTBOX.c.id == any_(bindparam("ids", list(ids), type_=ARRAY(BigInteger))))
+        )

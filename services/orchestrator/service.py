@@ -107,7 +107,7 @@ class ObjectService:
                 "source": command.source,
                 "data_format": command.data_format,
                 "options": command.options,
-                "metadata": command.metadata,
+                "object_metadata": command.metadata,
                 "operations_status": {},
                 "data_url": command.source,
                 "data_url_format": command.data_format,
