@@ -50,11 +50,16 @@ class Executor:
         """Run one command. Acknowledged by the caller only if this returns: after the artifact is in S3 and the
         result is published. Raises (leaving the entry pending, for the Reclaimer) on what may pass later.
         `redelivered`: the entry was claimed from another consumer, so the operation may have completed."""
+        # Bound for this command only: bound for good, its ids would label the consumer's next lines (the next
+        # message's "Received") too.
+        with structlog.contextvars.bound_contextvars(
+            object_id=str(command.object_id), operation=command.operation, message_id=str(command.message_id)
+        ):
+            await self._execute(command, entry_id, redelivered=redelivered)
+
+    async def _execute(self, command: RunOperationV1, entry_id: str, *, redelivered: bool) -> None:
         if self.runner is None or self.redis is None:
             raise RuntimeError("executor not started")
-        structlog.contextvars.bind_contextvars(
-            object_id=str(command.object_id), operation=command.operation, message_id=str(command.message_id)
-        )
         # One run of an operation at a time across executors: a copy of a command that another executor is running
         # (duplicated, re-sent after Redis lost its streams, or claimed from a consumer that was only slow) waits
         # for that run, then reports its artifact instead of computing it again. The key expires if its holder
