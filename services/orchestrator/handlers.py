@@ -47,7 +47,6 @@ from services.orchestrator.settings import OrchestratorSettings
 
 log = structlog.get_logger()
 T = TypeVar("T")
-M = TypeVar("M")
 UseCase = Callable[[UnitOfWork], Awaitable[T]]
 
 
@@ -285,8 +284,8 @@ def _log_context(message: AnyObjectCommand | AnyOperationResult) -> dict[str, An
 
 
 BATCH_NOTE = (
-    "Read in batches of up to 64 entries, so the payload below is the list of a read's entries; each stream entry "
-    "holds one of these messages."
+    f"Read in batches of up to {MAX_BATCH} entries, so the payload below is the list of a read's entries; each "
+    "stream entry holds one of these messages."
 )
 
 
