@@ -456,10 +456,12 @@ async def sse_fan_out(stack: Stack, client: httpx.AsyncClient, run: Run, subscri
     connect_seconds = time.perf_counter() - start
     await asyncio.sleep(1)  # let the service settle: buffers allocated for the first sends
     rss_after = _probes.rss_bytes(progress)
+    delivery = _probes.Delivery(connected, wait_seconds=60)
+    await delivery.ready()
     triggered = time.perf_counter()
     response = await client.post(f"/api/v1/objects/{watched}/cancel")
     response.raise_for_status()
-    delivery = await _probes.deliver(connected, triggered, wait_seconds=60)
+    delivered = await delivery.result(triggered)
     _probes.close_all(connected)
     return {
         "subscribers": subscribers,
@@ -469,7 +471,7 @@ async def sse_fan_out(stack: Stack, client: httpx.AsyncClient, run: Run, subscri
         "rss_before_mb": rss_before / 1e6,
         "rss_after_mb": rss_after / 1e6,
         "rss_kb_per_subscriber": (rss_after - rss_before) / max(1, len(connected)) / 1000,
-        **delivery,
+        **delivered,
     }
 
 
