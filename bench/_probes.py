@@ -276,6 +276,9 @@ class Delivery:
         await self._all_waiting.wait()
         await asyncio.sleep(0.1)  # the last ones started: let their first reads reach the socket
 
+    def cancel(self) -> None:
+        self._arrivals.cancel()
+
     async def result(self, started: float) -> dict[str, object]:
         """Times from `started` (the trigger)."""
         got = [arrival - started for arrival in await self._arrivals if arrival is not None]

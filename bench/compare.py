@@ -457,12 +457,15 @@ async def sse_fan_out(stack: Stack, client: httpx.AsyncClient, run: Run, subscri
     await asyncio.sleep(1)  # let the service settle: buffers allocated for the first sends
     rss_after = _probes.rss_bytes(progress)
     delivery = _probes.Delivery(connected, wait_seconds=60)
-    await delivery.ready()
-    triggered = time.perf_counter()
-    response = await client.post(f"/api/v1/objects/{watched}/cancel")
-    response.raise_for_status()
-    delivered = await delivery.result(triggered)
-    _probes.close_all(connected)
+    try:
+        await delivery.ready()
+        triggered = time.perf_counter()
+        response = await client.post(f"/api/v1/objects/{watched}/cancel")
+        response.raise_for_status()
+        delivered = await delivery.result(triggered)
+    finally:
+        delivery.cancel()
+        _probes.close_all(connected)
     return {
         "subscribers": subscribers,
         "held": len(connected),

@@ -109,10 +109,13 @@ class Executor:
         try:
             yield
         finally:
-            if publishing:
-                await task  # a start being published goes out before the result
-            else:
+            if not publishing:
                 task.cancel()
+            else:
+                try:
+                    await task  # a start being published goes out before the result
+                except Exception:
+                    log.warning("operation.start_report_failed", exc_info=True)
 
     async def _hold(self, redis: Redis, key: str) -> bool:
         """Take the operation's running key, waiting while another executor holds it. True when a run of this

@@ -92,6 +92,7 @@ class OperationRunner:
             output_url=outcome.output_url,
             output_format=outcome.output_format,  # type: ignore[arg-type]
             duration_ms=duration_ms,
+            started_at=started_at,
         )
 
     @asynccontextmanager
@@ -124,6 +125,7 @@ class OperationRunner:
             output_url=artifact.get("output_url"),
             output_format=artifact.get("output_format"),
             duration_ms=float(artifact.get("duration_ms", 0.0)),
+            started_at=artifact.get("started_at"),
         )
 
     async def _failed(

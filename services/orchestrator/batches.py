@@ -15,6 +15,7 @@ from faststream.redis import StreamSub
 from faststream.redis.message import FAKE_CONSUMER, BatchStreamMessage, RedisBatchStreamMessage
 from pydantic import TypeAdapter, ValidationError
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from libs.common.events.streams import DATA_FIELD, ORCHESTRATOR_GROUP, as_text
 from libs.common.reclaim import dead_letter
@@ -85,11 +86,17 @@ class StreamBatch(Generic[M]):
         over together, and acknowledge what is done."""
         if not isinstance(message, ValidatedBatch):
             raise TypeError(f"{self.stream}: expected a batch parsed by StreamBatch.parse, got {type(message)}")
-        done: list[str] = []
         consumer = f"{self.settings.service_name}:{self.settings.instance_id}"
         for entry_id, body, reason in message.malformed:
-            await dead_letter(self.redis, self.stream, entry_id, consumer, body, reason, self.settings.stream_maxlen)
-            done.append(entry_id)
+            # Acknowledged as soon as it is parked, so nothing that happens to the rest of the batch parks it twice.
+            try:
+                await dead_letter(
+                    self.redis, self.stream, entry_id, consumer, body, reason, self.settings.stream_maxlen
+                )
+                await self.redis.xack(self.stream, ORCHESTRATOR_GROUP, entry_id)
+            except RedisError:  # left pending: the Reclaimer parks it once its deliveries run out
+                log.warning("message.dead_letter_failed", stream=self.stream, entry_id=entry_id, exc_info=True)
+        done: list[str] = []
         errors = await handle(messages) if messages else []
         for entry_id, error in zip(message.entry_ids, errors, strict=True):
             if error is None:

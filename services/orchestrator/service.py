@@ -193,7 +193,8 @@ class ObjectService:
             return
         status = dict(obj.operations_status.get(event.operation, {}))
         if "started_at" not in status:  # short operations report no start (the executor's STARTED_REPORT_DELAY_MS)
-            status["started_at"] = (event.occurred_at - timedelta(milliseconds=event.duration_ms)).isoformat()
+            began = event.started_at or event.occurred_at - timedelta(milliseconds=event.duration_ms)
+            status["started_at"] = began.isoformat()
         status.update(
             completed=True,
             s3_url=event.s3_url,

@@ -1,5 +1,6 @@
 """Operation commands (orchestrator -> executors) and their results (executors -> orchestrator)."""
 
+from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -43,7 +44,8 @@ class RunOperationV1(OperationMessage):
 
 
 class OperationStartedV1(OperationMessage):
-    """Executor -> orchestrator, when an executor begins an operation."""
+    """Executor -> orchestrator, for an operation still running after the executor's STARTED_REPORT_DELAY_MS
+    (`occurred_at` is when it began); a shorter one reports only its completion."""
 
     type: Literal["operation.started.v1"] = "operation.started.v1"
     executor_id: str
@@ -61,6 +63,8 @@ class OperationCompletedV1(OperationMessage):
     output_url: str | None = None
     output_format: Literal["json", "ndjson", "csv"] | None = None
     duration_ms: float = Field(ge=0)
+    started_at: datetime | None = None
+    """When the run that stored the artifact began (absent from older executors)."""
 
 
 class OperationFailedV1(OperationMessage):

@@ -8,7 +8,7 @@ so tests that admit run on a database of their own (`isolated_sessionmaker`, see
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 from uuid import UUID, uuid4
 
@@ -403,6 +403,17 @@ async def test_a_completion_with_no_start_reported_records_when_the_operation_be
     status = (await snapshot(isolated.sessionmaker, object_id)).obj.operations_status["validate"]
     assert status["started_at"] == (done.occurred_at - timedelta(milliseconds=40)).isoformat()
     assert status["completed"] is True
+
+
+async def test_a_completion_that_names_when_its_run_began_records_that(isolated: Pipeline) -> None:
+    object_id = await isolated.submit(["validate"], payload={"a": 1})
+    run = await isolated.admit_one(object_id)
+    began = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)  # an artifact found stored: its run began long ago
+
+    await isolated.complete(completed(run, duration_ms=40.0, started_at=began))
+
+    status = (await snapshot(isolated.sessionmaker, object_id)).obj.operations_status["validate"]
+    assert status["started_at"] == began.isoformat()
 
 
 async def test_results_move_the_object_through_its_operations_and_complete_it(isolated: Pipeline) -> None:
