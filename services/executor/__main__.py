@@ -1,6 +1,5 @@
-import uvicorn
-
 from libs.common.logging import configure_logging
+from libs.common.serve import serve
 from services.executor.app import create_app
 from services.executor.settings import ExecutorSettings
 
@@ -8,7 +7,7 @@ from services.executor.settings import ExecutorSettings
 def main() -> None:
     settings = ExecutorSettings()
     configure_logging(settings)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False)
+    serve(create_app(settings), settings)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
-import uvicorn
-
 from libs.common.logging import configure_logging
+from libs.common.serve import serve
 from services.orchestrator.app import create_app
 from services.orchestrator.settings import OrchestratorSettings
 
@@ -8,7 +7,7 @@ from services.orchestrator.settings import OrchestratorSettings
 def main() -> None:
     settings = OrchestratorSettings()
     configure_logging(settings)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False)
+    serve(create_app(settings), settings)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
-import uvicorn
-
 from libs.common.logging import configure_logging
+from libs.common.serve import serve
 from services.progress.app import create_app
 from services.progress.settings import ProgressSettings
 
@@ -8,14 +7,7 @@ from services.progress.settings import ProgressSettings
 def main() -> None:
     settings = ProgressSettings()
     configure_logging(settings)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        timeout_keep_alive=settings.keep_alive_seconds,
-    )
+    serve(create_app(settings), settings)
 
 
 if __name__ == "__main__":
