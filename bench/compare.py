@@ -45,6 +45,7 @@ from sqlalchemy.engine import make_url
 from bench import _probes
 from bench.peers.common import CREATE_TABLE, INSERT
 from bench.pipeline import RECORDS, THREE
+from deploy.local import s3_server
 from deploy.local.stack import Stack, StackSettings, free_port, listen_ports
 from libs.common.settings import S3Settings
 
@@ -150,9 +151,11 @@ def _start_redis(log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
 def _start_moto(log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    argv = [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)]
     process = _start_server(
-        argv, log_dir / "moto.log", lambda: httpx.get(f"{endpoint}/moto-api/", timeout=1), httpx.TransportError
+        s3_server.command("127.0.0.1", port),
+        log_dir / "moto.log",
+        lambda: httpx.get(f"{endpoint}/moto-api/", timeout=1),
+        httpx.TransportError,
     )
     return process, endpoint
 

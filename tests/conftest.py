@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from deploy.local import s3_server
 from deploy.local.stack import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,9 +51,8 @@ def s3_endpoint() -> Iterator[str]:
         yield endpoint
         return
     port = free_port()
-    moto = Path(sys.executable).with_name("moto_server")
     process = subprocess.Popen(
-        [str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        s3_server.command("127.0.0.1", port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

@@ -30,6 +30,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from deploy.local import s3_server
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -130,10 +132,7 @@ class Stack:
         if not _port_free(port):
             port = free_port()
         self.settings.s3_endpoint_url = f"http://127.0.0.1:{port}"
-        moto = Path(sys.executable).with_name("moto_server")
-        self._spawn(
-            "s3", [str(moto), "-H", "127.0.0.1", "-p", str(port)], f"{self.settings.s3_endpoint_url}/moto-api/", {}
-        )
+        self._spawn("s3", s3_server.command("127.0.0.1", port), f"{self.settings.s3_endpoint_url}/moto-api/", {})
 
     def _env(self, **overrides: str) -> dict[str, str]:
         s = self.settings
