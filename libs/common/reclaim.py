@@ -22,7 +22,6 @@ import orjson
 import structlog
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
-from redis.commands.core import Script
 
 from libs.common.events.streams import DATA_FIELD, DEAD_LETTERS, as_text
 
@@ -44,6 +43,7 @@ a value another writer put between them (the executor marking the run done)."""
 
 LOCK_REFRESH_SECONDS = 1.0
 """How often a running operation re-asserts its `running_operation_key`."""
+BEAT_TIMEOUT_SECONDS = 2.0
 
 
 @dataclass
@@ -144,41 +144,92 @@ async def heartbeat(
     re-created if Redis lost it, and never taken from another holder).
 
     The beats come from a thread with its own connection: an operation that keeps the event loop busy for longer
-    than the idle timeout (CPU-heavy validation, a plugin that never awaits) must not lose its entry for that.
+    than the idle timeout (CPU-heavy validation, a plugin that never awaits) must not lose its entry for that. One
+    thread per process beats for every block; entering and leaving one costs no thread of its own.
     """
-    stop = threading.Event()
     # The lock key is re-asserted more often than the entry is re-claimed: after Redis lost its data, the
     # orchestrator re-sends work it finds no holder for, and waits LOCK_REFRESH_SECONDS * 3 before it looks.
     tick = min(interval, LOCK_REFRESH_SECONDS) if lock is not None else interval
-
-    def beat() -> None:
-        client, renew = _beat_client(redis_url)
-        next_claim = time.monotonic() + interval
-        while not stop.wait(tick):
-            try:
-                if time.monotonic() >= next_claim:
-                    client.xclaim(stream, group, consumer, 0, [entry_id], justid=True)
-                    next_claim = time.monotonic() + interval
-                if lock is not None:
-                    renew(keys=[lock[0]], args=[consumer, lock[1]])
-            except Exception:  # noqa: BLE001 - a missed beat only risks a duplicate run, which is absorbed
-                log.warning("heartbeat.failed", stream=stream, entry_id=entry_id)
-
-    thread = threading.Thread(target=beat, name=f"heartbeat:{entry_id}", daemon=True)
-    thread.start()
+    beat = _Beat(stream, group, consumer, entry_id, interval, tick, lock)
+    beater = _beater(redis_url)
+    beater.add(beat)
     try:
         yield
     finally:
-        stop.set()
-        await asyncio.to_thread(thread.join, 5.0)
+        beater.remove(beat)
+
+
+@dataclass(eq=False)
+class _Beat:
+    stream: str
+    group: str
+    consumer: str
+    entry_id: str
+    interval: float
+    tick: float
+    lock: tuple[str, int] | None
+    next_tick: float = 0.0
+    next_claim: float = 0.0
+    active: bool = True
+
+
+class _Beater:
+    """The thread that beats for every running block of a process (per Redis URL), started with the first."""
+
+    def __init__(self, redis_url: str) -> None:
+        # Timeouts: one beat that hangs on a dead connection would hold back every other block's beats.
+        self._client = SyncRedis.from_url(
+            redis_url, socket_timeout=BEAT_TIMEOUT_SECONDS, socket_connect_timeout=BEAT_TIMEOUT_SECONDS
+        )
+        self._renew = self._client.register_script(_RENEW_LOCK)
+        self._beats: set[_Beat] = set()
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, beat: _Beat) -> None:
+        now = time.monotonic()
+        beat.next_tick, beat.next_claim = now + beat.tick, now + beat.interval
+        with self._changed:
+            self._beats.add(beat)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
+                self._thread.start()
+            self._changed.notify()
+
+    def remove(self, beat: _Beat) -> None:
+        # A beat already under way may still land: renewing an acknowledged entry claims nothing, and the lock
+        # script never overwrites the DONE mark; a key released after a failure is re-set and expires by itself.
+        beat.active = False
+        with self._changed:
+            self._beats.discard(beat)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                now = time.monotonic()
+                due = [beat for beat in self._beats if beat.next_tick <= now]
+                if not due:
+                    self._changed.wait(min((beat.next_tick for beat in self._beats), default=now + 60) - now)
+                    continue
+            for beat in due:
+                self._beat(beat)
+
+    def _beat(self, beat: _Beat) -> None:
+        now = time.monotonic()
+        beat.next_tick = now + beat.tick
+        try:
+            if beat.active and now >= beat.next_claim:
+                self._client.xclaim(beat.stream, beat.group, beat.consumer, 0, [beat.entry_id], justid=True)
+                beat.next_claim = now + beat.interval
+            if beat.active and beat.lock is not None:
+                self._renew(keys=[beat.lock[0]], args=[beat.consumer, beat.lock[1]])
+        except Exception:  # noqa: BLE001 - a missed beat only risks a duplicate run, which is absorbed
+            log.warning("heartbeat.failed", stream=beat.stream, entry_id=beat.entry_id)
 
 
 @functools.cache
-def _beat_client(redis_url: str) -> tuple[SyncRedis, Script]:
-    """One blocking client (thread-safe: it has a connection pool) and the renewal script per Redis URL, for
-    every heartbeat of the process, instead of a new connection per operation."""
-    client = SyncRedis.from_url(redis_url)
-    return client, client.register_script(_RENEW_LOCK)
+def _beater(redis_url: str) -> _Beater:
+    return _Beater(redis_url)
 
 
 def entry_id_of(message: Any) -> str:
