@@ -82,11 +82,10 @@ class Executor:
                 may_be_done = ran_before or redelivered or command.resent
                 async with self._reporting_start(self.runner.started(command)):
                     result = await self.runner.run(command, may_be_done=may_be_done)
-                await self._publish(result)
+                await self._publish(result, done_key=lock_key)
             except BaseException:
                 await self._release(self.redis, lock_key)
                 raise
-            await self._mark_done(self.redis, lock_key)
 
     @contextlib.asynccontextmanager
     async def _reporting_start(self, started: OperationStartedV1) -> AsyncIterator[None]:
@@ -130,12 +129,6 @@ class Executor:
             await asyncio.sleep(self.heartbeat_seconds / 2)
         return False
 
-    async def _mark_done(self, redis: Redis, key: str) -> None:
-        try:
-            await redis.set(key, RUN_DONE, px=DONE_TTL_MS)
-        except RedisError:  # only a late duplicate would miss it, and it finds the artifact or runs again
-            log.warning("running_key.mark_done_failed", key=key)
-
     async def _release(self, redis: Redis, key: str) -> None:
         try:
             if await redis.get(key) == self.settings.instance_id.encode():
@@ -168,28 +161,40 @@ class Executor:
     def heartbeat_seconds(self) -> float:
         return self.settings.claim_idle_ms / 1000 / 3
 
-    async def _publish(self, message: BaseModel) -> None:
+    async def _publish(self, message: BaseModel, *, done_key: str | None = None) -> None:
+        """Add `message` to the results stream; with `done_key`, mark that operation's run done in the same round
+        trip, after it."""
         # Redis restarting must not throw away finished work: the artifact is in S3, only the report is missing,
         # and the command's entry may be gone with Redis's data (nothing would redeliver it).
         if self.redis is None:
             raise RuntimeError("executor not started")
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
             try:
-                # A plain XADD of the message's JSON, as FastStream's publisher would write it (PlainJsonFormat),
-                # without its per-publish middleware path.
-                await self.redis.xadd(
-                    OPERATION_RESULTS,
-                    {DATA_FIELD: message.model_dump_json()},
-                    maxlen=self.settings.stream_maxlen,
-                    approximate=True,
-                )
-                return
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    # A plain XADD of the message's JSON, as FastStream's publisher would write it (PlainJsonFormat),
+                    # without its per-publish middleware path.
+                    pipe.xadd(
+                        OPERATION_RESULTS,
+                        {DATA_FIELD: message.model_dump_json()},
+                        maxlen=self.settings.stream_maxlen,
+                        approximate=True,
+                    )
+                    if done_key is not None:
+                        pipe.set(done_key, RUN_DONE, px=DONE_TTL_MS)
+                    added, *marked = await pipe.execute(raise_on_error=False)
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 if attempt == PUBLISH_ATTEMPTS:
                     raise
                 delay = backoff_delay(attempt, 0.2)
                 log.warning("result.publish_retry", attempt=attempt, delay=round(delay, 3))
                 await asyncio.sleep(delay)
+                continue
+            if isinstance(added, Exception):
+                raise added
+            if marked and isinstance(marked[0], Exception):
+                # Only a late duplicate would miss the mark, and it finds the artifact or runs again.
+                log.warning("running_key.mark_done_failed", key=done_key, error=str(marked[0]))
+            return
 
 
 def register(broker: RedisBroker, settings: ExecutorSettings) -> Executor:
