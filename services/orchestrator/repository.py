@@ -92,13 +92,18 @@ class ObjectRepository:
         count = await connection.scalar(select(func.count()).where(OBJECTS.c.state == state.value))
         return count or 0
 
-    async def lock_oldest_queued(self, limit: int) -> Sequence[ProcessingObject]:
+    async def lock_oldest_queued_within(self, cap: int) -> Sequence[ProcessingObject]:
+        """Lock the oldest queued objects, as many as there are free slots under `cap`. One statement: the count of
+        `processing` rows is its LIMIT. Call it holding the admission lock, and in a statement after the one that
+        took it: the statement's snapshot must include every admission committed before the lock was ours."""
+        await self.session.flush()  # the count must see this transaction's own state changes
+        processing = select(func.count()).where(OBJECTS.c.state == ObjectState.PROCESSING.value).scalar_subquery()
         # SKIP LOCKED: an object being cancelled right now is passed over rather than waited for.
         result = await self.session.scalars(
             select(ProcessingObject)
             .where(ProcessingObject.state == ObjectState.QUEUED.value)
             .order_by(ProcessingObject.queued_at, ProcessingObject.id)
-            .limit(limit)
+            .limit(func.greatest(cap - processing, 0))
             .with_for_update(skip_locked=True)
             .execution_options(populate_existing=True)
         )

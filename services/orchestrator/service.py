@@ -55,6 +55,8 @@ class UnitOfWork:
     events: list[dict[str, Any]] = field(default_factory=list)
     outbox: list[OutboxMessage] = field(default_factory=list)
     admission_needed: bool = False
+    slot_freed: bool = False
+    """An object left `processing` in this transaction: admission will find a slot, so it need not count first."""
     locked: dict[UUID, ProcessingObject] = field(default_factory=dict)
     """Objects this transaction has locked: a row lock holds until commit, so a second lock needs no statement."""
 
@@ -232,13 +234,11 @@ class ObjectService:
         """Move the oldest queued objects to processing while fewer than the cap are processing, everywhere."""
         # Without the lock first: with a backlog, every submission asks and the cap is nearly always full. A
         # count that misses a slot freed by a concurrent transaction loses nothing: that transaction admits.
-        if await uow.objects.count_in_state(ObjectState.PROCESSING) >= self.max_parallel_workers:
+        # (A transaction that freed a slot itself skips this count: it would find the slot.)
+        if not uow.slot_freed and await uow.objects.count_in_state(ObjectState.PROCESSING) >= self.max_parallel_workers:
             return 0
         await uow.objects.lock_admission()
-        free = self.max_parallel_workers - await uow.objects.count_in_state(ObjectState.PROCESSING)
-        if free <= 0:
-            return 0
-        admitted = await uow.objects.lock_oldest_queued(free)
+        admitted = await uow.objects.lock_oldest_queued_within(self.max_parallel_workers)
         for obj in admitted:
             self._transition(uow, obj, "start")
             obj.started_at = _now()
@@ -328,6 +328,7 @@ class ObjectService:
         obj.finished_at = _now()
         self._record_change(uow, obj, "state_changed")
         uow.admission_needed = True
+        uow.slot_freed = True
         log.info("object.finished", object_id=str(obj.id), state=obj.state, error=obj.error_message)
 
     def _transition(self, uow: UnitOfWork, obj: ProcessingObject, event: str, detail: str | None = None) -> None:
