@@ -2,9 +2,12 @@
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
+from botocore.handlers import add_expect_header
+from botocore.utils import determine_content_length
 from types_aiobotocore_s3 import S3Client
 
 from libs.common.settings import S3Settings
@@ -29,7 +32,23 @@ async def s3_client(settings: S3Settings, max_pool_connections: int = 10) -> Asy
         aws_secret_access_key=settings.aws_secret_access_key.get_secret_value(),
         config=config,
     ) as client:
+        client.meta.events.unregister("before-call.s3", add_expect_header)
+        client.meta.events.register("before-call.s3", _expect_continue_for_large_bodies)
         yield client
+
+
+EXPECT_CONTINUE_MIN_BYTES = 2 * 1024 * 1024
+"""A PUT asks the endpoint to accept its body first (`Expect: 100-continue`) only from this size on, as the AWS SDKs
+for Kotlin and Go do by default (`continueHeaderThresholdBytes`). botocore asks for every body: a small artifact then
+waited a round trip for the "100 Continue" before it was sent, which cost more than sending it."""
+
+
+def _expect_continue_for_large_bodies(model: Any, params: dict[str, Any], **_: Any) -> None:
+    if model.http.get("method") not in ("PUT", "POST") or params.get("body") is None:
+        return
+    length = determine_content_length(params["body"])
+    if length is None or length >= EXPECT_CONTINUE_MIN_BYTES:
+        params["headers"]["Expect"] = "100-continue"
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:

@@ -1,0 +1,57 @@
+"""The shared S3 client asks an endpoint to accept a body first (`Expect: 100-continue`) only for large bodies.
+
+A recording HTTP endpoint stands in for S3: the test is about the request the client sends, not about storage."""
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from libs.common.s3 import EXPECT_CONTINUE_MIN_BYTES, s3_client
+from libs.common.settings import S3Settings
+
+
+class Recorder:
+    """Answers every request 200 (after a "100 Continue" when asked) and keeps each request's head."""
+
+    def __init__(self) -> None:
+        self.heads: list[str] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while head := (await reader.readuntil(b"\r\n\r\n")).decode():
+                self.heads.append(head)
+                headers = {
+                    name.strip().lower(): value.strip()
+                    for name, _, value in (line.partition(":") for line in head.split("\r\n")[1:] if line)
+                }
+                if headers.get("expect", "").lower() == "100-continue":
+                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                await reader.readexactly(int(headers.get("content-length", "0")))
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def recorder() -> AsyncIterator[tuple[Recorder, str]]:
+    recorder = Recorder()
+    server = await asyncio.start_server(recorder.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield recorder, f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize(("size", "expects"), [(0, False), (1024, False), (EXPECT_CONTINUE_MIN_BYTES, True)])
+async def test_only_a_large_body_waits_for_100_continue(
+    recorder: tuple[Recorder, str], size: int, expects: bool
+) -> None:
+    recording, endpoint = recorder
+    async with s3_client(S3Settings(s3_endpoint_url=endpoint)) as client:
+        await client.put_object(Bucket="bucket", Key="key", Body=b"x" * size)
+    (head,) = recording.heads
+    assert head.startswith("PUT /bucket/key ")
+    assert ("expect: 100-continue" in head.lower()) is expects
