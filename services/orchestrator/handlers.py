@@ -41,7 +41,7 @@ from libs.common.reclaim import Reclaimer
 from services.orchestrator.batches import MAX_BATCH, StreamBatch
 from services.orchestrator.inflight import lost_operations
 from services.orchestrator.outbox import OutboxRelay
-from services.orchestrator.repository import ObjectRepository, OutboxRepository
+from services.orchestrator.repository import ObjectRepository
 from services.orchestrator.service import ObjectService, UnitOfWork
 from services.orchestrator.settings import OrchestratorSettings
 
@@ -159,29 +159,22 @@ class Orchestrator:
             _settle(queued.future, result=result)
 
     async def _transaction(self, batch: list[_Queued[Any]]) -> list[Any]:
-        published = self.relay.take_published()
-        try:
-            async with self.sessionmaker.begin() as session:
-                uow = UnitOfWork(session)
-                if published:  # earlier messages already on their streams: their rows go with this transaction
-                    await OutboxRepository(session).delete(published)
-                # One statement for the batch's row locks instead of one per use case.
-                known = {queued.job.object_id for queued in batch if queued.job.object_id is not None}
-                if len(known) > 1:
-                    await uow.lock_all(known)
-                results = []
-                for queued in batch:
-                    with structlog.contextvars.bound_contextvars(**queued.job.log_context):
-                        results.append(await queued.job.use_case(uow))
-                if uow.admission_needed:
-                    # In the same transaction: a slot freed (or an object queued) is filled without a second round
-                    # trip. Admission itself cannot deadlock: it skips rows other transactions hold, and takes its
-                    # lock last. (The use cases before it can, with another instance's batch: see _run_batch.)
-                    await self.service.admit(uow)
-                outbox = await uow.flush()
-        except BaseException:
-            self.relay.requeue(published)
-            raise
+        async with self.sessionmaker.begin() as session:
+            uow = UnitOfWork(session)
+            # One statement for the batch's row locks instead of one per use case.
+            known = {queued.job.object_id for queued in batch if queued.job.object_id is not None}
+            if len(known) > 1:
+                await uow.lock_all(known)
+            results = []
+            for queued in batch:
+                with structlog.contextvars.bound_contextvars(**queued.job.log_context):
+                    results.append(await queued.job.use_case(uow))
+            if uow.admission_needed:
+                # In the same transaction: a slot freed (or an object queued) is filled without a second round
+                # trip. Admission itself cannot deadlock: it skips rows other transactions hold, and takes its
+                # lock last. (The use cases before it can, with another instance's batch: see _run_batch.)
+                await self.service.admit(uow)
+            outbox = await uow.flush()
         try:
             await self.relay.publish_committed(outbox)
         except Exception:  # committed: the outbox sweep publishes the rows later; nothing may run twice

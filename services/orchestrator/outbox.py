@@ -1,11 +1,12 @@
 """The outbox relay: publishes what committed transactions owe to Redis, then deletes it.
 
 Handlers call `publish_committed(rows)` right after their commit (the fast path): the rows are still in memory,
-so they are added to their streams at once, without a second transaction. Their deletion rides on the next
-handler's transaction (`take_published`), or, when none comes within FLUSH_SECONDS, on one statement of the
-relay's own loop: a round trip saved per message under load. `run()` sweeps whatever is left, e.g. rows of an instance that crashed between commit and publish;
-it takes only rows older than `SWEEP_MIN_AGE_SECONDS`, so it does not race the fast path, and takes them
-`FOR UPDATE SKIP LOCKED`, so any number of relays can run. A crash (or a failed delete) after XADD publishes a
+so they are added to their streams at once, without a second transaction. The relay's own loop deletes every row
+published in the last FLUSH_SECONDS with one autocommitted statement: under load that is one statement for many
+transactions, none of them in a handler's transaction, where it would add a round trip to each. `run()` also
+sweeps whatever is left, e.g. rows of an instance that crashed between commit and publish; it takes only rows
+older than `SWEEP_MIN_AGE_SECONDS`, so it does not race the fast path, and takes them `FOR UPDATE SKIP LOCKED`, so
+any number of relays can run. A crash (or a failed delete) after XADD publishes a
 row twice, which consumers absorb (they are idempotent on `message_id`).
 """
 
@@ -42,18 +43,9 @@ class OutboxRelay:
         await self._xadd(rows)
         self._published.extend(row.id for row in rows)
 
-    def take_published(self) -> list[int]:
-        """The published rows to delete, for a transaction that is about to run anyway. Give them back with
-        `requeue` if it fails."""
-        ids, self._published = self._published, []
-        return ids
-
-    def requeue(self, ids: Sequence[int]) -> None:
-        self._published.extend(ids)
-
     async def flush_published(self) -> None:
-        """Delete the published rows that no transaction took along, with one autocommitted statement."""
-        ids = self.take_published()
+        """Delete the published rows, with one autocommitted statement."""
+        ids, self._published = self._published, []
         if not ids:
             return
         try:
@@ -61,7 +53,7 @@ class OutboxRelay:
                 await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
                 await OutboxRepository(session).delete(ids)
         except BaseException:
-            self.requeue(ids)
+            self._published.extend(ids)  # the next flush tries again
             raise
 
     async def publish(self, ids: Sequence[int] | None = None, min_age_seconds: float = 0.0) -> int:

@@ -166,12 +166,9 @@ async def test_publish_committed_adds_rows_from_memory_and_deletes_them(
     await relay.publish_committed(rows)
 
     assert await bodies(redis, streams[0]) == [row.body for row in rows]
-    assert await remaining(sessionmaker, [row.id for row in rows]) == 3, "deleted later, with other work"
-    assert relay.take_published() == [row.id for row in rows]
-    relay.requeue([row.id for row in rows])
+    assert await remaining(sessionmaker, [row.id for row in rows]) == 3, "deleted later, many at a time"
     await relay.flush_published()
     assert await remaining(sessionmaker, [row.id for row in rows]) == 0
-    assert relay.take_published() == []
 
 
 async def test_the_sweep_leaves_fresh_rows_to_the_fast_path(
