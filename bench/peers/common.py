@@ -24,6 +24,7 @@ from botocore.config import Config
 from pydantic import JsonValue
 
 from libs.common.events import RunOperationV1
+from libs.common.s3 import expect_continue_for_large_bodies_only
 from services.executor.service import OperationRunner
 from services.executor.storage import Storage
 
@@ -103,7 +104,7 @@ class SyncS3:
 
 
 def s3_client() -> Any:
-    return boto3.session.Session().client(
+    client = boto3.session.Session().client(
         "s3",
         endpoint_url=os.environ["S3_ENDPOINT_URL"],
         region_name=os.environ.get("S3_REGION", "us-east-1"),
@@ -119,6 +120,8 @@ def s3_client() -> Any:
             response_checksum_validation="when_required",
         ),
     )
+    expect_continue_for_large_bodies_only(client.meta.events)
+    return client
 
 
 @dataclass

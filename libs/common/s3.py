@@ -32,8 +32,7 @@ async def s3_client(settings: S3Settings, max_pool_connections: int = 10) -> Asy
         aws_secret_access_key=settings.aws_secret_access_key.get_secret_value(),
         config=config,
     ) as client:
-        client.meta.events.unregister("before-call.s3", add_expect_header)
-        client.meta.events.register("before-call.s3", _expect_continue_for_large_bodies)
+        expect_continue_for_large_bodies_only(client.meta.events)
         yield client
 
 
@@ -41,6 +40,13 @@ EXPECT_CONTINUE_MIN_BYTES = 2 * 1024 * 1024
 """A PUT asks the endpoint to accept its body first (`Expect: 100-continue`) only from this size on, as the AWS SDKs
 for Kotlin and Go do by default (`continueHeaderThresholdBytes`). botocore asks for every body: a small artifact then
 waited a round trip for the "100 Continue" before it was sent, which cost more than sending it."""
+
+
+def expect_continue_for_large_bodies_only(events: Any) -> None:
+    """Make a client (aiobotocore's or boto3's: `client.meta.events`) ask for 100-continue only from
+    EXPECT_CONTINUE_MIN_BYTES on."""
+    events.unregister("before-call.s3", add_expect_header)
+    events.register("before-call.s3", _expect_continue_for_large_bodies)
 
 
 def _expect_continue_for_large_bodies(model: Any, params: dict[str, Any], **_: Any) -> None:
