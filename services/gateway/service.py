@@ -117,9 +117,8 @@ class GatewayService:
             raise ReservedIdentifierError(
                 f"'{TENANTS_PREFIX}' is reserved: the artifacts of other tenants are stored under that S3 prefix"
             )
-        existing = await self._read(tenant, lambda r: r.get_by_identifier(request.identifier))
-        if existing is not None:
-            return self._existing(existing), False
+        # No look for the identifier first: the orchestrator's insert finds it taken ("exists"), so a new object, by
+        # far the common case, costs no database round trip here.
         command = SubmitObjectV1(
             object_id=uuid4(),
             reply_to=self.commands.reply_channel,
