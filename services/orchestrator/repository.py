@@ -5,7 +5,7 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple, cast
 from uuid import UUID
 
-from sqlalchemy import ARRAY, BigInteger, Table, Uuid, any_, bindparam, delete, func, or_, select
+from sqlalchemy import ARRAY, BigInteger, Integer, Table, Text, Uuid, any_, bindparam, delete, func, or_, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -133,24 +133,66 @@ class ObjectRepository:
         )
         return result.all()
 
-    async def append_history(self, transitions: Sequence[dict[str, Any]], events: Sequence[dict[str, Any]]) -> None:
-        """Insert audit rows and progress events, one statement per table. Core, not the ORM unit of work: these rows
-        are only ever appended, so tracking them would be pure overhead (it was the larger part of each flush)."""
-        connection = await self.session.connection()
-        for table, rows in ((TRANSITIONS, transitions), (EVENTS, events)):
-            if rows:
-                await connection.execute(insert(table), rows)
-
-    async def add_outbox(self, messages: Sequence[OutboxMessage]) -> None:
-        """Insert the rows in one statement and set their ids. Core, not the ORM unit of work: the rows are never
-        changed afterwards, so tracking them would be pure overhead."""
+    async def append(
+        self, transitions: Sequence[dict[str, Any]], events: Sequence[dict[str, Any]], outbox: Sequence[OutboxMessage]
+    ) -> None:
+        """Insert a transaction's audit rows, progress events and outbox messages in one statement, and set the
+        messages' ids. Core, not the ORM unit of work: these rows are only ever appended, so tracking them would be
+        pure overhead; and one statement of three inserts is one round trip instead of three."""
+        if not (transitions or events or outbox):
+            return
         connection = await self.session.connection()
         result = await connection.execute(
-            insert(OUTBOX).returning(OUTBOX.c.id, sort_by_parameter_order=True),
-            [{"stream": message.stream, "body": message.body} for message in messages],
+            APPEND,
+            {
+                "t_object": [row["object_id"] for row in transitions],
+                "t_from": [row["from_state"] for row in transitions],
+                "t_to": [row["to_state"] for row in transitions],
+                "t_event": [row["event"] for row in transitions],
+                "t_task": [row["task_id"] for row in transitions],
+                "t_detail": [row["detail"] for row in transitions],
+                "e_object": [row["object_id"] for row in events],
+                "e_seq": [row["seq"] for row in events],
+                "e_change": [row["change"] for row in events],
+                "e_document": [row["document"] for row in events],
+                "o_stream": [message.stream for message in outbox],
+                "o_body": [message.body for message in outbox],
+            },
         )
-        for message, message_id in zip(messages, result.scalars(), strict=True):
+        # RETURNING's order is not promised, but the ids are: the sequence numbers rows as they are inserted, in the
+        # arrays' order (ORDER BY n). (SQLAlchemy's insertmanyvalues matches rows to parameters the same way.)
+        for message, message_id in zip(outbox, sorted(result.scalars()), strict=True):
             message.id = message_id
+
+
+APPEND = text(
+    """
+    WITH transitions AS (
+        INSERT INTO object_transition (object_id, from_state, to_state, event, task_id, detail)
+        SELECT * FROM unnest(:t_object, :t_from, :t_to, :t_event, :t_task, :t_detail)
+    ), events AS (
+        INSERT INTO object_event (object_id, seq, change, document)
+        SELECT object_id, seq, change, document::json
+        FROM unnest(:e_object, :e_seq, :e_change, :e_document) AS e(object_id, seq, change, document)
+    )
+    INSERT INTO outbox_message (stream, body)
+    SELECT stream, body FROM unnest(:o_stream, :o_body) WITH ORDINALITY AS o(stream, body, n) ORDER BY n
+    RETURNING id
+    """
+).bindparams(
+    bindparam("t_object", type_=ARRAY(Uuid)),
+    bindparam("t_from", type_=ARRAY(Text)),
+    bindparam("t_to", type_=ARRAY(Text)),
+    bindparam("t_event", type_=ARRAY(Text)),
+    bindparam("t_task", type_=ARRAY(Uuid)),
+    bindparam("t_detail", type_=ARRAY(Text)),
+    bindparam("e_object", type_=ARRAY(Uuid)),
+    bindparam("e_seq", type_=ARRAY(Integer)),
+    bindparam("e_change", type_=ARRAY(Text)),
+    bindparam("e_document", type_=ARRAY(Text)),
+    bindparam("o_stream", type_=ARRAY(Text)),
+    bindparam("o_body", type_=ARRAY(Text)),
+)
 
 
 class OutboxRepository:

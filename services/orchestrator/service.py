@@ -84,9 +84,7 @@ class UnitOfWork:
     async def flush(self) -> list[OutboxMessage]:
         """Write the appended rows, one statement per table (they commit with the transaction); returns the outbox
         rows, with their ids, for the relay."""
-        await self.objects.append_history(self.transitions, self.events)
-        if self.outbox:
-            await self.objects.add_outbox(self.outbox)
+        await self.objects.append(self.transitions, self.events, self.outbox)
         return self.outbox
 
 
@@ -361,7 +359,7 @@ class ObjectService:
         obj.updated_at = _now()
         document = build_progress_document(obj)
         uow.events.append(
-            {"object_id": obj.id, "seq": obj.event_seq, "change": change, "document": document.model_dump(mode="json")}
+            {"object_id": obj.id, "seq": obj.event_seq, "change": change, "document": document.model_dump_json()}
         )
         uow.emit(
             OBJECT_EVENTS, ObjectProgressedV1(object_id=obj.id, seq=obj.event_seq, change=change, document=document)
