@@ -12,6 +12,7 @@
 import asyncio
 import contextlib
 import functools
+import math
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -185,6 +186,8 @@ class _Beater:
         self._beats: set[_Beat] = set()
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._sleeping_until = -math.inf
+        """When the thread, waiting, will look at the beats again; -inf while it is awake (it looks before waiting)."""
 
     def add(self, beat: _Beat) -> None:
         now = time.monotonic()
@@ -194,7 +197,8 @@ class _Beater:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
                 self._thread.start()
-            self._changed.notify()
+            if beat.next_tick < self._sleeping_until:  # waking the thread for nothing costs every operation
+                self._changed.notify()
 
     def remove(self, beat: _Beat) -> None:
         # A beat already under way may still land: renewing an acknowledged entry claims nothing, and the lock
@@ -209,7 +213,9 @@ class _Beater:
                 now = time.monotonic()
                 due = [beat for beat in self._beats if beat.next_tick <= now]
                 if not due:
-                    self._changed.wait(min((beat.next_tick for beat in self._beats), default=now + 60) - now)
+                    self._sleeping_until = min((beat.next_tick for beat in self._beats), default=math.inf)
+                    self._changed.wait(min(self._sleeping_until, now + 60) - now)
+                    self._sleeping_until = -math.inf
                     continue
             for beat in due:
                 self._beat(beat)
