@@ -5,7 +5,23 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple, cast
 from uuid import UUID
 
-from sqlalchemy import ARRAY, BigInteger, Integer, Table, Text, Uuid, any_, bindparam, delete, func, or_, select, text
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Integer,
+    Table,
+    Text,
+    Uuid,
+    any_,
+    bindparam,
+    case,
+    delete,
+    func,
+    or_,
+    select,
+    text,
+)
+from sqlalchemy import cast as cast_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -20,6 +36,8 @@ OUTBOX = cast(Table, OutboxMessage.__table__)
 TRANSITIONS = cast(Table, ObjectTransition.__table__)
 EVENTS = cast(Table, ObjectEvent.__table__)
 OBJECTS = cast(Table, ProcessingObject.__table__)
+
+PROCESSING_COUNT = select(func.count()).where(OBJECTS.c.state == ObjectState.PROCESSING.value).scalar_subquery()
 
 
 INSERT_IF_NEW = (
@@ -84,26 +102,29 @@ class ObjectRepository:
         # row locks alone cannot, because the rows that would conflict do not exist yet.
         await self.session.execute(select(func.pg_advisory_xact_lock(ADMISSION_LOCK_KEY)))
 
-    async def count_in_state(self, state: ObjectState) -> int:
-        # Core on the session's connection: no ORM entity is involved, so the ORM's statement preparation is waste.
-        # Flushed first, as the ORM would: the count must see this transaction's own state changes.
-        await self.session.flush()
+    async def lock_admission_if_below(self, cap: int) -> bool:
+        """Take the admission lock only if fewer than `cap` objects are processing, as this statement's snapshot sees
+        them; False, at once, if not. One round trip for the unlocked look and the lock: with a backlog, every
+        transaction that queues an object asks, and the cap is nearly always full. (CASE evaluates its branch only
+        when the condition holds, so a full cap takes no lock.)"""
+        await self.session.flush()  # the count must see this transaction's own state changes
+        locked = case(
+            (cap > PROCESSING_COUNT, cast_(func.pg_advisory_xact_lock(ADMISSION_LOCK_KEY), Text) == ""), else_=False
+        )
         connection = await self.session.connection()
-        count = await connection.scalar(select(func.count()).where(OBJECTS.c.state == state.value))
-        return count or 0
+        return bool(await connection.scalar(select(locked)))
 
     async def lock_oldest_queued_within(self, cap: int) -> Sequence[ProcessingObject]:
         """Lock the oldest queued objects, as many as there are free slots under `cap`. One statement: the count of
         `processing` rows is its LIMIT. Call it holding the admission lock, and in a statement after the one that
         took it: the statement's snapshot must include every admission committed before the lock was ours."""
         await self.session.flush()  # the count must see this transaction's own state changes
-        processing = select(func.count()).where(OBJECTS.c.state == ObjectState.PROCESSING.value).scalar_subquery()
         # SKIP LOCKED: an object being cancelled right now is passed over rather than waited for.
         result = await self.session.scalars(
             select(ProcessingObject)
             .where(ProcessingObject.state == ObjectState.QUEUED.value)
             .order_by(ProcessingObject.queued_at, ProcessingObject.id)
-            .limit(func.greatest(cap - processing, 0))
+            .limit(func.greatest(cap - PROCESSING_COUNT, 0))
             .with_for_update(skip_locked=True)
             .execution_options(populate_existing=True)
         )

@@ -230,12 +230,13 @@ class ObjectService:
 
     async def admit(self, uow: UnitOfWork) -> int:
         """Move the oldest queued objects to processing while fewer than the cap are processing, everywhere."""
-        # Without the lock first: with a backlog, every submission asks and the cap is nearly always full. A
-        # count that misses a slot freed by a concurrent transaction loses nothing: that transaction admits.
-        # (A transaction that freed a slot itself skips this count: it would find the slot.)
-        if not uow.slot_freed and await uow.objects.count_in_state(ObjectState.PROCESSING) >= self.max_parallel_workers:
+        # The lock only when a slot looks free: with a backlog, every submission asks and the cap is nearly always
+        # full. A look that misses a slot freed by a concurrent transaction loses nothing: that transaction admits.
+        # (A transaction that freed a slot itself need not look: it would find the slot.)
+        if uow.slot_freed:
+            await uow.objects.lock_admission()
+        elif not await uow.objects.lock_admission_if_below(self.max_parallel_workers):
             return 0
-        await uow.objects.lock_admission()
         admitted = await uow.objects.lock_oldest_queued_within(self.max_parallel_workers)
         for obj in admitted:
             self._transition(uow, obj, "start")

@@ -30,6 +30,7 @@ from libs.common.events import (
     SubmitObjectV1,
 )
 from libs.common.events.streams import OBJECT_EVENTS, OPERATION_COMMANDS
+from services.orchestrator.repository import ObjectRepository
 from services.orchestrator.service import ObjectService, UnitOfWork
 
 T = TypeVar("T")
@@ -387,6 +388,20 @@ async def test_admit_waits_for_a_concurrent_admission_to_commit(isolated_session
         assert not second.done()
     assert (await asyncio.wait_for(second, timeout=10)).result == 0
     assert await count_objects(isolated_sessionmaker, state="processing") == 2
+
+
+async def test_a_full_cap_is_seen_without_waiting_for_the_admission_lock(isolated_sessionmaker: Sessionmaker) -> None:
+    pipeline = Pipeline(isolated_sessionmaker, max_parallel_workers=2)
+    for _ in range(3):
+        await pipeline.submit()
+    assert (await pipeline.admit()).result == 2
+
+    async with isolated_sessionmaker.begin() as session:
+        await ObjectRepository(session).lock_admission()  # held for as long as this block runs
+        # The cap is full: the look says so at once instead of queueing behind the lock (it would wait forever).
+        applied = await asyncio.wait_for(pipeline.admit(), timeout=10)
+    assert applied.result == 0
+    assert await count_objects(isolated_sessionmaker, state="queued") == 1
 
 
 # --- results -------------------------------------------------------------------------------------------------
