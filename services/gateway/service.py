@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from libs.common.auth import Principal, StreamTokens
 from libs.common.db.models import ProcessingObject
 from libs.common.domain import DEFAULT_TENANT, TENANTS_PREFIX, ObjectState
-from libs.common.errors import InvalidTransitionError, NotFoundError, ServiceError
+from libs.common.errors import InvalidTransitionError, NotFoundError, ServiceError, UnavailableError
 from libs.common.events import CancelObjectV1, CommandReplyV1, RetryObjectV1, SubmitObjectV1
 from libs.common.progress import ProgressDocument, build_progress_document
 from services.gateway.commands import CommandBus
@@ -118,7 +118,7 @@ class GatewayService:
                 f"'{TENANTS_PREFIX}' is reserved: the artifacts of other tenants are stored under that S3 prefix"
             )
         # No look for the identifier first: the orchestrator's insert finds it taken ("exists"), so a new object, by
-        # far the common case, costs no database round trip here.
+        # far the common case, costs no database round trip here (the look is the fallback, below).
         command = SubmitObjectV1(
             object_id=uuid4(),
             reply_to=self.commands.reply_channel,
@@ -131,7 +131,15 @@ class GatewayService:
             options=request.options,
             metadata=request.metadata,
         )
-        reply = await self.commands.send(command)
+        try:
+            reply = await self.commands.send(command)
+        except UnavailableError:
+            # A repeat of a request whose object is recorded gets that object even while the orchestrator cannot
+            # answer (the README's advice for a 503: repeat the same request); a new object gets the 503.
+            existing = await self._read(tenant, lambda r: r.get_by_identifier(request.identifier))
+            if existing is None:
+                raise
+            return self._existing(existing), False
         if reply.outcome == "exists" and reply.object_id is not None:
             found_id = reply.object_id
             existing = await self._read(tenant, lambda r: r.get(found_id))

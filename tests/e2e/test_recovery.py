@@ -115,3 +115,24 @@ async def test_objects_in_flight_complete_after_redis_loses_its_data(
     after = await submit(api, ["validate"], payload={"after": True})
     assert (await wait_for(api, after["id"]))["state"] == "completed"
     assert all(p.popen.poll() is None for p in recovering.processes), "no service died"
+
+
+async def test_a_repeated_submission_is_answered_while_the_orchestrator_cannot_answer(
+    api: httpx.AsyncClient, recovering: Stack
+) -> None:
+    recorded = await submit(api, ["validate"], payload=[{"a": 1}])
+    await wait_for(api, recorded["id"])
+    orchestrator = recovering.process("orchestrator-1").popen
+    orchestrator.send_signal(signal.SIGSTOP)
+    try:
+        again, new = await asyncio.gather(
+            api.post("/api/v1/process", json={"identifier": recorded["identifier"], "operations": ["validate"]}),
+            api.post(
+                "/api/v1/process", json={"identifier": f"paused-{os.urandom(4).hex()}", "operations": ["validate"]}
+            ),
+        )
+    finally:
+        orchestrator.send_signal(signal.SIGCONT)
+    assert again.status_code == 200, again.text  # recorded before: the gateway finds it itself
+    assert again.json()["id"] == recorded["id"]
+    assert new.status_code == 503, new.text  # nobody confirmed it: the client must repeat the request
