@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 from faststream.redis import RedisBroker
 from faststream.specification import AsyncAPI
@@ -72,8 +73,20 @@ def generate(service: str) -> str:
         version=version("object-processing-api"),
         description="Stream entries carry one field, `__data__`: the message JSON. See docs/events.md.",
     ).to_specification()
+    document = _one_message_per_entry(spec.to_jsonable())
     # Sorted keys: FastStream keeps subscribers and publishers in WeakSets, so channel order varies between runs.
-    return json.dumps(spec.to_jsonable(), indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+    return json.dumps(document, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+
+
+def _one_message_per_entry(document: dict[str, Any]) -> dict[str, Any]:
+    """A batch subscriber's handler takes a list (the entries of one read), and FastStream documents that list as
+    the message's payload. Each stream entry holds one message, which is what a producer must write: the payload
+    is documented as the list's item."""
+    schemas = document.get("components", {}).get("schemas", {})
+    for name, schema in schemas.items():
+        if name.endswith(":Message:Payload") and schema.get("type") == "array":
+            schemas[name] = {**schema["items"], "title": schema["title"]}
+    return document
 
 
 def generate_all() -> dict[str, str]:

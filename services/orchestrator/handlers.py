@@ -276,10 +276,7 @@ def _log_context(message: AnyObjectCommand | AnyOperationResult) -> dict[str, An
     return {"object_id": str(message.object_id), "message_id": str(message.message_id)}
 
 
-BATCH_NOTE = (
-    f"Read in batches of up to {MAX_BATCH} entries, so the payload below is the list of a read's entries; each "
-    "stream entry holds one of these messages."
-)
+BATCH_NOTE = f"Read in batches of up to {MAX_BATCH} entries; each stream entry holds one of these messages."
 
 
 def register(broker: RedisBroker, settings: OrchestratorSettings, orchestrator: Orchestrator) -> None:

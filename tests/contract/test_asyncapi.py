@@ -59,8 +59,6 @@ def payload_classes(document: dict[str, Any], schema: dict[str, Any]) -> set[str
     """Titles of the message classes a payload schema admits: itself, or each member of its union."""
     if "$ref" in schema:
         return payload_classes(document, resolve(document, schema["$ref"]))
-    if schema.get("type") == "array":  # a batch subscriber's handler takes the entries of one read
-        return payload_classes(document, schema["items"])
     if "oneOf" in schema:
         return {title for member in schema["oneOf"] for title in payload_classes(document, member)}
     return {schema["title"]}
