@@ -23,6 +23,8 @@ import orjson
 import structlog
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from libs.common.events.streams import DATA_FIELD, DEAD_LETTERS, as_text
 
@@ -178,9 +180,13 @@ class _Beater:
     """The thread that beats for every running block of a process (per Redis URL), started with the first."""
 
     def __init__(self, redis_url: str) -> None:
-        # Timeouts: one beat that hangs on a dead connection would hold back every other block's beats.
+        # Timeouts, and one retry rather than redis-py's ten: one beat that hangs on a dead connection would hold
+        # back every other block's beats (and the next tick tries again anyway).
         self._client = SyncRedis.from_url(
-            redis_url, socket_timeout=BEAT_TIMEOUT_SECONDS, socket_connect_timeout=BEAT_TIMEOUT_SECONDS
+            redis_url,
+            socket_timeout=BEAT_TIMEOUT_SECONDS,
+            socket_connect_timeout=BEAT_TIMEOUT_SECONDS,
+            retry=Retry(NoBackoff(), 1),
         )
         self._renew = self._client.register_script(_RENEW_LOCK)
         self._beats: set[_Beat] = set()

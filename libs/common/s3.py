@@ -38,8 +38,9 @@ async def s3_client(settings: S3Settings, max_pool_connections: int = 10) -> Asy
 
 EXPECT_CONTINUE_MIN_BYTES = 2 * 1024 * 1024
 """A PUT asks the endpoint to accept its body first (`Expect: 100-continue`) only from this size on, as the AWS SDKs
-for Kotlin and Go do by default (`continueHeaderThresholdBytes`). botocore asks for every body: a small artifact then
-waited a round trip for the "100 Continue" before it was sent, which cost more than sending it."""
+for Kotlin and Go do by default (`continueHeaderThresholdBytes`). botocore asks for every PutObject and UploadPart
+body: a small artifact then waited a round trip for the "100 Continue" before it was sent, which cost more than
+sending it."""
 
 
 def expect_continue_for_large_bodies_only(events: Any) -> None:

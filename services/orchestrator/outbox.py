@@ -85,7 +85,9 @@ class OutboxRelay:
                 if asyncio.get_running_loop().time() >= next_sweep:
                     next_sweep = asyncio.get_running_loop().time() + interval
                     while await self.publish(min_age_seconds=SWEEP_MIN_AGE_SECONDS) == BATCH_SIZE:
-                        pass
+                        # A long sweep (a backlog after a Redis outage) must not leave the fast path's rows undeleted
+                        # until they are old enough for another instance's sweep to publish them again.
+                        await self.flush_published()
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -82,8 +82,8 @@ class UnitOfWork:
         self.outbox.append(OutboxMessage(stream=stream, body=message.model_dump_json()))
 
     async def flush(self) -> list[OutboxMessage]:
-        """Write the appended rows, one statement per table (they commit with the transaction); returns the outbox
-        rows, with their ids, for the relay."""
+        """Write the appended rows, in one statement (they commit with the transaction); returns the outbox rows,
+        with their ids, for the relay."""
         await self.objects.append(self.transitions, self.events, self.outbox)
         return self.outbox
 
