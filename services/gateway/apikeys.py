@@ -60,4 +60,5 @@ def _response(row: ApiKey) -> ApiKeyResponse:
         name=row.name,
         created_at=row.created_at,
         revoked_at=row.revoked_at,
+        last_used_at=row.last_used_at,
     )

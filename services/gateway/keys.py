@@ -65,7 +65,9 @@ async def _run(args: argparse.Namespace) -> int:
         elif args.command == "list":
             for key in await service.list(args.tenant):
                 state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "active"
-                print(f"{key.id}  opa_{key.prefix}_…  {key.tenant}  {','.join(key.scopes)}  {state}  {key.name or ''}")  # noqa: T201
+                used = f"used {key.last_used_at:%Y-%m-%d %H:%M}" if key.last_used_at else "never used"
+                columns = [str(key.id), f"opa_{key.prefix}_…", key.tenant, ",".join(key.scopes), state, used]
+                print("  ".join([*columns, key.name or ""]))  # noqa: T201
         else:
             try:
                 revoked = await service.revoke(args.key, None)

@@ -227,6 +227,7 @@ class ApiKeyResponse(BaseModel):
     name: str | None
     created_at: datetime
     revoked_at: datetime | None
+    last_used_at: datetime | None = Field(description="When a request last authenticated with it (to the minute).")
 
 
 class ApiKeyCreated(ApiKeyResponse):

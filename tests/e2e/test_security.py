@@ -279,9 +279,12 @@ async def test_admin_creates_lists_and_revokes_keys_of_its_tenant(
     new = created.json()
     assert new["tenant"] == "acme"
     assert new["key"].startswith(f"opa_{new['prefix']}_")
+    assert new["last_used_at"] is None
     assert (await client.get("/api/v1/status", headers=bearer(new["key"]))).status_code == 200
     listed = (await client.get("/api/v1/keys", headers=admin)).json()
     assert new["id"] in {k["id"] for k in listed}
+    (listed_new,) = [k for k in listed if k["id"] == new["id"]]
+    assert listed_new["last_used_at"] is not None, "the request with the key was recorded"
     assert all("key" not in k and k["tenant"] == "acme" for k in listed)
     revoked = await client.delete(f"/api/v1/keys/{new['id']}", headers=admin)
     assert revoked.status_code == 200
@@ -315,6 +318,18 @@ async def test_a_revoked_key_stops_working_at_once_with_the_command(secure: Stac
         capture_output=True,
     )
     assert_problem(await client.get("/api/v1/status", headers=bearer(key)), 401)
+    listing = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "services.gateway.keys", "list", "--tenant", "gamma"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": secure.settings.database_url},
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    (line,) = [line for line in listing.stdout.splitlines() if f"opa_{prefix}_" in line]
+    assert "revoked " in line
+    assert "used 20" in line, line  # the request it authenticated was recorded
 
 
 async def test_keys_are_never_logged(secure: Stack, keys: dict[str, str]) -> None:

@@ -1,9 +1,12 @@
 """Turns the credentials of a request into a Principal, or refuses them (401)."""
 
 import hmac
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
-from sqlalchemy import select
+import structlog
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.common.auth.apikeys import hash_api_key, looks_like_api_key, parse_api_key
@@ -14,6 +17,9 @@ from libs.common.db.models import ApiKey
 from libs.common.errors import UnauthorizedError
 from libs.common.settings import AuthSettings
 
+log = structlog.get_logger()
+
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 INVALID_KEY = "the API key is not valid (unknown or revoked)"
 KNOWN_SCOPES = {scope.value for scope in Scope}
 MISSING = "credentials are required: send an API key as `Authorization: Bearer <key>` or `X-API-Key: <key>`"
@@ -74,8 +80,26 @@ class Authenticator:
         expected = row.key_hash if row is not None else "0" * 64
         if not hmac.compare_digest(expected, hash_api_key(key)) or row is None or row.revoked_at is not None:
             raise UnauthorizedError(INVALID_KEY)
+        if row.last_used_at is None or row.last_used_at < datetime.now(UTC) - LAST_USED_RESOLUTION:
+            await self._mark_used(row.id)
         scopes = frozenset(Scope(s) for s in row.scopes if s in KNOWN_SCOPES)
         return Principal(tenant=row.tenant, scopes=scopes, identity=f"key:{row.id}", key_id=str(row.id))
+
+    async def _mark_used(self, key_id: UUID) -> None:
+        """Record that the key was used (listings show it, to tell keys still in use from forgotten ones). At most
+        once per LAST_USED_RESOLUTION per key, across instances: a write per request would cost every request."""
+        try:
+            async with self.sessionmaker.begin() as session:
+                await session.execute(
+                    update(ApiKey)
+                    .where(
+                        ApiKey.id == key_id,
+                        or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < func.now() - LAST_USED_RESOLUTION),
+                    )
+                    .values(last_used_at=func.now())
+                )
+        except SQLAlchemyError:  # a bookkeeping write never fails the request it describes
+            log.warning("api_key.last_used_not_recorded", key_id=str(key_id), exc_info=True)
 
     async def _key_active(self, key_id: str) -> bool:
         try:
