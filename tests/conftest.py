@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import asyncpg
@@ -45,11 +46,9 @@ def required_env(name: str) -> str:
     return value
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    if endpoint := os.environ.get("TEST_S3_ENDPOINT"):
-        yield endpoint
-        return
+@contextmanager
+def local_s3_server() -> Iterator[str]:
+    """deploy/local/s3_server.py on a free port, for as long as the block runs; yields its endpoint URL."""
     port = free_port()
     process = subprocess.Popen(
         s3_server.command("127.0.0.1", port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -65,9 +64,20 @@ def s3_endpoint() -> Iterator[str]:
                 process.kill()
                 pytest.fail("the moto S3 server did not start")
             time.sleep(0.1)
-    yield endpoint
-    process.terminate()
-    process.wait(10)
+    try:
+        yield endpoint
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    if endpoint := os.environ.get("TEST_S3_ENDPOINT"):
+        yield endpoint
+        return
+    with local_s3_server() as endpoint:
+        yield endpoint
 
 
 async def _admin_connection() -> asyncpg.Connection:

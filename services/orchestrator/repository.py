@@ -201,18 +201,23 @@ APPEND = text(
     RETURNING id
     """
 ).bindparams(
-    bindparam("t_object", type_=ARRAY(Uuid)),
-    bindparam("t_from", type_=ARRAY(Text)),
-    bindparam("t_to", type_=ARRAY(Text)),
-    bindparam("t_event", type_=ARRAY(Text)),
-    bindparam("t_task", type_=ARRAY(Uuid)),
-    bindparam("t_detail", type_=ARRAY(Text)),
-    bindparam("e_object", type_=ARRAY(Uuid)),
-    bindparam("e_seq", type_=ARRAY(Integer)),
-    bindparam("e_change", type_=ARRAY(Text)),
-    bindparam("e_document", type_=ARRAY(Text)),
-    bindparam("o_stream", type_=ARRAY(Text)),
-    bindparam("o_body", type_=ARRAY(Text)),
+    *(
+        bindparam(name, type_=ARRAY(item))
+        for name, item in {
+            "t_object": Uuid,
+            "t_from": Text,
+            "t_to": Text,
+            "t_event": Text,
+            "t_task": Uuid,
+            "t_detail": Text,
+            "e_object": Uuid,
+            "e_seq": Integer,
+            "e_change": Text,
+            "e_document": Text,
+            "o_stream": Text,
+            "o_body": Text,
+        }.items()
+    )
 )
 
 

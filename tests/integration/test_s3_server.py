@@ -2,34 +2,19 @@
 `100 Continue` (as botocore sends it) gets its answer."""
 
 import socket
-import subprocess
-import time
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
-from deploy.local import s3_server
-from deploy.local.stack import free_port
+from tests.conftest import local_s3_server
 
 
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[tuple[str, int]]:
-    port = free_port()
-    process = subprocess.Popen(s3_server.command("127.0.0.1", port))
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/moto-api/", timeout=1)
-            break
-        except httpx.TransportError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                pytest.fail("the S3 server did not start")
-            time.sleep(0.1)
-    yield "127.0.0.1", port
-    process.terminate()
-    process.wait(10)
+    # A server of its own, even when TEST_S3_ENDPOINT names another: this tests the local server itself.
+    with local_s3_server() as url:
+        host, port = url.removeprefix("http://").split(":")
+        yield host, int(port)
 
 
 def exchange(connection: socket.socket, request: bytes, answers: int = 1) -> bytes:
