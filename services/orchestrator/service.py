@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
+from types import SimpleNamespace
 from typing import Any, Literal
 from uuid import UUID, uuid4
 
@@ -96,12 +97,17 @@ class ObjectService:
 
     async def submit(self, uow: UnitOfWork, command: SubmitObjectV1) -> CommandReplyV1:
         now = _now()
+        # The row goes in as this transaction leaves it: queued (the state machine's move from pending, made on a
+        # stand-in before the INSERT), with its first event numbered. Inserted pending, it needed an UPDATE after.
+        queued = self._next_state(ObjectState.PENDING, "enqueue")
         obj = await uow.objects.insert_if_new(
             {
                 "id": command.object_id,
                 "tenant": command.tenant,
                 "identifier": command.identifier,
-                "state": ObjectState.PENDING.value,
+                "state": queued,
+                "queued_at": now,
+                "event_seq": 1,
                 "operations": list(command.operations),
                 "payload": command.payload,
                 "source": command.source,
@@ -124,10 +130,9 @@ class ObjectService:
                 raise RuntimeError(msg)
             outcome: Literal["accepted", "exists"] = "accepted" if existing.id == command.object_id else "exists"
             return self._reply(command, outcome, existing)
-        self._audit(uow, obj, None, "submit")
-        self._transition(uow, obj, "enqueue")
-        obj.queued_at = now
-        self._record_change(uow, obj, "state_changed")
+        self._audit(uow, obj, None, "submit", to_state=ObjectState.PENDING.value)
+        self._audit(uow, obj, ObjectState.PENDING.value, "enqueue")
+        self._append_event(uow, obj, "state_changed")
         uow.admission_needed = True
         log.info("object.submitted", object_id=str(obj.id), identifier=obj.identifier, operations=obj.operations)
         return self._reply(command, "accepted", obj)
@@ -340,24 +345,41 @@ class ObjectService:
         self._audit(uow, obj, before, event, detail)
 
     @staticmethod
+    def _next_state(state: ObjectState, event: str) -> str:
+        """The state `event` moves an object in `state` to, as the state machine decides (it raises if none)."""
+        stand_in = SimpleNamespace(state=state.value)
+        ObjectMachine(model=stand_in, state_field="state").send(event)
+        return str(stand_in.state)
+
+    @staticmethod
     def _audit(
-        uow: UnitOfWork, obj: ProcessingObject, before: str | None, event: str, detail: str | None = None
+        uow: UnitOfWork,
+        obj: ProcessingObject,
+        before: str | None,
+        event: str,
+        detail: str | None = None,
+        to_state: str | None = None,
     ) -> None:
         uow.transitions.append(
             {
                 "object_id": obj.id,
                 "from_state": before,
-                "to_state": obj.state,
+                "to_state": to_state or obj.state,
                 "event": event,
                 "task_id": obj.task_id,
                 "detail": detail,
             }
         )
 
-    @staticmethod
-    def _record_change(uow: UnitOfWork, obj: ProcessingObject, change: Change) -> None:
+    @classmethod
+    def _record_change(cls, uow: UnitOfWork, obj: ProcessingObject, change: Change) -> None:
         obj.event_seq += 1
         obj.updated_at = _now()
+        cls._append_event(uow, obj, change)
+
+    @staticmethod
+    def _append_event(uow: UnitOfWork, obj: ProcessingObject, change: Change) -> None:
+        """The object's progress event number `event_seq`, as it stands: stored, and sent to the subscribers."""
         document = build_progress_document(obj)
         uow.events.append(
             {"object_id": obj.id, "seq": obj.event_seq, "change": change, "document": document.model_dump_json()}
