@@ -9,7 +9,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from types import SimpleNamespace
 from typing import Any, Literal
 from uuid import UUID, uuid4
 
@@ -34,7 +33,7 @@ from libs.common.events import (
 )
 from libs.common.events.streams import OBJECT_EVENTS, OPERATION_COMMANDS
 from libs.common.progress import build_progress_document
-from services.orchestrator.machine import ObjectMachine
+from services.orchestrator.machine import next_state
 from services.orchestrator.repository import ObjectRepository
 
 log = structlog.get_logger()
@@ -99,7 +98,7 @@ class ObjectService:
         now = _now()
         # The row goes in as this transaction leaves it: queued (the state machine's move from pending, made on a
         # stand-in before the INSERT), with its first event numbered. Inserted pending, it needed an UPDATE after.
-        queued = self._next_state(ObjectState.PENDING, "enqueue")
+        queued = next_state(ObjectState.PENDING.value, "enqueue")
         obj = await uow.objects.insert_if_new(
             {
                 "id": command.object_id,
@@ -338,18 +337,11 @@ class ObjectService:
     def _transition(self, uow: UnitOfWork, obj: ProcessingObject, event: str, detail: str | None = None) -> None:
         before = obj.state
         try:
-            ObjectMachine(model=obj, state_field="state").send(event)
+            obj.state = next_state(before, event)
         except TransitionNotAllowed as exc:  # callers check first; reaching here is a bug, not a client error
             msg = f"transition {event!r} not allowed from {before!r} for object {obj.id}"
             raise RuntimeError(msg) from exc
         self._audit(uow, obj, before, event, detail)
-
-    @staticmethod
-    def _next_state(state: ObjectState, event: str) -> str:
-        """The state `event` moves an object in `state` to, as the state machine decides (it raises if none)."""
-        stand_in = SimpleNamespace(state=state.value)
-        ObjectMachine(model=stand_in, state_field="state").send(event)
-        return str(stand_in.state)
 
     @staticmethod
     def _audit(

@@ -1,11 +1,12 @@
 """ObjectMachine: every (state, event) pair either moves to the one state SPEC §3 allows or is refused."""
 
+import inspect
 from dataclasses import dataclass
 
 import pytest
 from statemachine.exceptions import TransitionNotAllowed
 
-from services.orchestrator.machine import ObjectMachine
+from services.orchestrator.machine import ObjectMachine, next_state
 
 ALLOWED: dict[tuple[str, str], str] = {
     ("pending", "enqueue"): "queued",
@@ -72,3 +73,23 @@ def test_final_state_refuses_every_event(final: str) -> None:
         with pytest.raises(TransitionNotAllowed):
             machine_for(row).send(event)
         assert row.state == final
+
+
+@pytest.mark.parametrize(("source", "event", "target"), [(s, e, t) for (s, e), t in ALLOWED.items()])
+def test_next_state_is_the_machine_s_answer(source: str, event: str, target: str) -> None:
+    assert next_state(source, event) == target
+    assert next_state(source, event) == target  # cached
+
+
+@pytest.mark.parametrize(("source", "event"), REFUSED)
+def test_next_state_refuses_what_the_machine_refuses_every_time(source: str, event: str) -> None:
+    for _ in range(2):  # a refusal is never cached as an answer
+        with pytest.raises(TransitionNotAllowed):
+            next_state(source, event)
+
+
+def test_the_machine_has_no_guards_or_actions_so_its_answers_may_be_cached() -> None:
+    # next_state caches (state, event) -> state. A method on the machine (a guard, an action, a listener) could make
+    # the answer depend on more than that: if one is added, next_state must stop caching.
+    methods = [name for name, value in vars(ObjectMachine).items() if inspect.isfunction(value)]
+    assert methods == []
