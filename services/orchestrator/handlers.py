@@ -57,6 +57,8 @@ class Job(Generic[T]):
     """The structlog context (its message and object) of the lines the use case logs."""
     object_id: UUID | None = None
     """The existing object the use case locks, where known: it is locked up front, with its batch's others."""
+    submission: SubmitObjectV1 | None = None
+    """The object the use case inserts, if it is a submission: inserted up front, with its batch's others."""
 
 
 @dataclass(eq=False)
@@ -165,6 +167,10 @@ class Orchestrator:
             known = {queued.job.object_id for queued in batch if queued.job.object_id is not None}
             if len(known) > 1:
                 await uow.lock_all(known)
+            # And one INSERT for the batch's submissions instead of one each.
+            submissions = [queued.job.submission for queued in batch if queued.job.submission is not None]
+            if len(submissions) > 1:
+                await self.service.insert_all(uow, submissions)
             results = []
             for queued in batch:
                 with structlog.contextvars.bound_contextvars(**queued.job.log_context):
@@ -220,7 +226,8 @@ class Orchestrator:
         context = _log_context(command)
         match command:
             case SubmitObjectV1():
-                return Job(lambda uow: service.submit(uow, command), context)  # a new object: nothing to lock first
+                # A new object: nothing to lock first.
+                return Job(lambda uow: service.submit(uow, command), context, submission=command)
             case CancelObjectV1():
                 return Job(lambda uow: service.cancel(uow, command), context, command.object_id)
             case RetryObjectV1():

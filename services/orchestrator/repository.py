@@ -63,10 +63,15 @@ class ObjectRepository:
         """Insert unless the tenant's identifier is taken, and return the new object; None when it is taken. The
         unique index decides, so racing submissions cannot both win. `values` are keyed by attribute name (an ORM
         bulk insert: `object_metadata`, not the column's name)."""
+        created = await self.insert_all_new([values])
+        return created[0] if created else None
+
+    async def insert_all_new(self, rows: Sequence[dict[str, Any]]) -> Sequence[ProcessingObject]:
+        """`insert_if_new` for several objects, in one statement: returns the new ones (in no particular order)."""
         # The values as parameters, not in the statement: the statement is then the same every time, and its
         # compiled form is cached (with .values(), every submission compiled a new one, payload included).
-        created = await self.session.scalars(INSERT_IF_NEW, [values])
-        return created.first()
+        created = await self.session.scalars(INSERT_IF_NEW, list(rows))
+        return created.all()
 
     async def lock(self, object_id: UUID) -> ProcessingObject | None:
         return await self.session.scalar(

@@ -59,6 +59,8 @@ class UnitOfWork:
     """An object left `processing` in this transaction: admission will find a slot, so it need not count first."""
     locked: dict[UUID, ProcessingObject] = field(default_factory=dict)
     """Objects this transaction has locked: a row lock holds until commit, so a second lock needs no statement."""
+    inserted: dict[UUID, ProcessingObject | None] = field(default_factory=dict)
+    """Submissions this transaction has inserted up front: the new object, or None where the identifier was taken."""
 
     @cached_property
     def objects(self) -> ObjectRepository:
@@ -94,33 +96,18 @@ class ObjectService:
 
     # --- commands from the gateway ---------------------------------------------------------------
 
+    async def insert_all(self, uow: UnitOfWork, commands: Sequence[SubmitObjectV1]) -> None:
+        """Insert the objects of several submissions in one statement, ahead of their `submit` use cases, which then
+        find their row (or that their identifier was taken) in `uow.inserted`."""
+        created = {obj.id: obj for obj in await uow.objects.insert_all_new([self._new_row(c) for c in commands])}
+        for command in commands:
+            uow.inserted[command.object_id] = created.get(command.object_id)
+
     async def submit(self, uow: UnitOfWork, command: SubmitObjectV1) -> CommandReplyV1:
-        now = _now()
-        # The row goes in as this transaction leaves it: queued (the state machine's move from pending, made on a
-        # stand-in before the INSERT), with its first event numbered. Inserted pending, it needed an UPDATE after.
-        queued = next_state(ObjectState.PENDING.value, "enqueue")
-        obj = await uow.objects.insert_if_new(
-            {
-                "id": command.object_id,
-                "tenant": command.tenant,
-                "identifier": command.identifier,
-                "state": queued,
-                "queued_at": now,
-                "event_seq": 1,
-                "operations": list(command.operations),
-                "payload": command.payload,
-                "source": command.source,
-                "data_format": command.data_format,
-                "options": command.options,
-                "object_metadata": command.metadata,
-                "operations_status": {},
-                "data_url": command.source,
-                "data_url_format": command.data_format,
-                "task_id": uuid4(),
-                "created_at": now,
-                "updated_at": now,
-            }
-        )
+        if command.object_id in uow.inserted:
+            obj = uow.inserted[command.object_id]
+        else:
+            obj = await uow.objects.insert_if_new(self._new_row(command))
         if obj is None:
             # The identifier is taken. If it is taken by this very command (a redelivery), it was accepted.
             existing = await uow.objects.lock_by_identifier(command.tenant, command.identifier)
@@ -342,6 +329,34 @@ class ObjectService:
             msg = f"transition {event!r} not allowed from {before!r} for object {obj.id}"
             raise RuntimeError(msg) from exc
         self._audit(uow, obj, before, event, detail)
+
+    @staticmethod
+    def _new_row(command: SubmitObjectV1) -> dict[str, Any]:
+        """A submitted object's row, keyed by attribute name (the ORM's bulk insert takes them so)."""
+        now = _now()
+        # The row goes in as its transaction leaves it: queued (the state machine's move from pending, decided
+        # before the INSERT), with its first event numbered. Inserted pending, it needed an UPDATE after.
+        queued = next_state(ObjectState.PENDING.value, "enqueue")
+        return {
+            "id": command.object_id,
+            "tenant": command.tenant,
+            "identifier": command.identifier,
+            "state": queued,
+            "queued_at": now,
+            "event_seq": 1,
+            "operations": list(command.operations),
+            "payload": command.payload,
+            "source": command.source,
+            "data_format": command.data_format,
+            "options": command.options,
+            "object_metadata": command.metadata,
+            "operations_status": {},
+            "data_url": command.source,
+            "data_url_format": command.data_format,
+            "task_id": uuid4(),
+            "created_at": now,
+            "updated_at": now,
+        }
 
     @staticmethod
     def _audit(

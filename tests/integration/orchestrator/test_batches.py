@@ -15,10 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.common.db.models import ProcessingObject
 from libs.common.domain import Operation
-from libs.common.events import AnyOperationResult, OperationStartedV1, SubmitObjectV1
+from libs.common.events import AnyOperationResult, CommandReplyV1, OperationStartedV1, SubmitObjectV1
 from libs.common.events.streams import DATA_FIELD, DEAD_LETTERS, OPERATION_RESULTS, ORCHESTRATOR_GROUP
 from services.orchestrator.batches import StreamBatch
-from services.orchestrator.handlers import Orchestrator
+from services.orchestrator.handlers import Job, Orchestrator
 from services.orchestrator.outbox import OutboxRelay
 from services.orchestrator.service import ObjectService
 from services.orchestrator.settings import OrchestratorSettings
@@ -131,3 +131,56 @@ async def test_the_row_locks_of_a_batch_take_one_statement(
             )
         ).all()
     assert all(cast(dict[str, Any], status)["validate"]["executor_id"] == "executor-test" for status in statuses)
+
+
+@pytest.fixture
+def object_inserts(isolated_sessionmaker: Sessionmaker) -> Iterator[list[str]]:
+    """The INSERT statements into processing_object, as sent to PostgreSQL."""
+    statements: list[str] = []
+    engine = isolated_sessionmaker.kw["bind"].sync_engine
+
+    def on_execute(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if statement.lstrip().startswith("INSERT INTO processing_object"):
+            statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", on_execute)
+    yield statements
+    event.remove(engine, "before_cursor_execute", on_execute)
+
+
+async def test_a_batch_of_submissions_inserts_in_one_statement_and_answers_each_as_alone(
+    isolated_sessionmaker: Sessionmaker, clean: Redis, object_inserts: list[str]
+) -> None:
+    service = ObjectService(max_parallel_workers=3)
+    orchestrator = Orchestrator(
+        isolated_sessionmaker, clean, OutboxRelay(isolated_sessionmaker, clean, stream_maxlen=1000), service
+    )
+
+    def submission(identifier: str, object_id: Any = None) -> SubmitObjectV1:
+        return SubmitObjectV1(object_id=object_id or uuid4(), identifier=identifier, operations=[Operation("validate")])
+
+    def job(command: SubmitObjectV1) -> Job[CommandReplyV1]:
+        return Job(lambda uow: service.submit(uow, command), {}, submission=command)
+
+    taken = submission(f"it-taken-{uuid4().hex}")
+    assert (await orchestrator.run(job(taken).use_case)).outcome == "accepted"
+    object_inserts.clear()
+
+    first, second = submission(f"it-one-{uuid4().hex}"), submission(f"it-two-{uuid4().hex}")
+    same_identifier = submission(first.identifier)  # another client, the same identifier, in the same batch
+    commands = [first, second, same_identifier, submission(taken.identifier), taken]  # `taken` again: redelivered
+    replies = await orchestrator.run_all([job(command) for command in commands])
+
+    assert len(object_inserts) == 1, object_inserts
+    outcomes = [(cast(CommandReplyV1, reply).outcome, cast(CommandReplyV1, reply).object_id) for reply in replies]
+    assert outcomes == [
+        ("accepted", first.object_id),
+        ("accepted", second.object_id),
+        ("exists", first.object_id),
+        ("exists", taken.object_id),
+        ("accepted", taken.object_id),
+    ]
+    async with isolated_sessionmaker() as session:
+        rows = (await session.scalars(select(ProcessingObject))).all()
+    assert sorted(str(row.id) for row in rows) == sorted(str(c.object_id) for c in (taken, first, second))
+    assert all(row.event_seq >= 1 for row in rows)
