@@ -1,7 +1,8 @@
 """The orchestrator's batch reads, against PostgreSQL and Redis: entries are acknowledged one by one, and a batch's
 row locks take one statement."""
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, cast
 from uuid import uuid4
 
@@ -77,19 +78,31 @@ async def test_a_batch_acknowledges_what_it_applied_and_parked_and_leaves_a_fail
     assert letters[1]["reason"] == f"entry has no {DATA_FIELD} field"
 
 
-@pytest.fixture
-def row_locks(isolated_sessionmaker: Sessionmaker) -> Iterator[list[str]]:
-    """The statements that lock processing_object rows, as sent to PostgreSQL."""
+@contextmanager
+def statements_sent(sessionmaker: Sessionmaker, wanted: Callable[[str], bool]) -> Iterator[list[str]]:
+    """The statements sent to PostgreSQL through `sessionmaker` while the block runs, of those `wanted` picks."""
     statements: list[str] = []
-    engine = isolated_sessionmaker.kw["bind"].sync_engine
+    engine = sessionmaker.kw["bind"].sync_engine
 
     def on_execute(_conn: object, _cursor: object, statement: str, *_: object) -> None:
-        if "FROM processing_object" in statement and "FOR UPDATE" in statement and "SKIP LOCKED" not in statement:
+        if wanted(statement):
             statements.append(statement)
 
     event.listen(engine, "before_cursor_execute", on_execute)
-    yield statements
-    event.remove(engine, "before_cursor_execute", on_execute)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", on_execute)
+
+
+@pytest.fixture
+def row_locks(isolated_sessionmaker: Sessionmaker) -> Iterator[list[str]]:
+    """The statements that lock processing_object rows."""
+    with statements_sent(
+        isolated_sessionmaker,
+        lambda sql: "FROM processing_object" in sql and "FOR UPDATE" in sql and "SKIP LOCKED" not in sql,
+    ) as statements:
+        yield statements
 
 
 async def test_the_row_locks_of_a_batch_take_one_statement(
@@ -135,17 +148,11 @@ async def test_the_row_locks_of_a_batch_take_one_statement(
 
 @pytest.fixture
 def object_inserts(isolated_sessionmaker: Sessionmaker) -> Iterator[list[str]]:
-    """The INSERT statements into processing_object, as sent to PostgreSQL."""
-    statements: list[str] = []
-    engine = isolated_sessionmaker.kw["bind"].sync_engine
-
-    def on_execute(_conn: object, _cursor: object, statement: str, *_: object) -> None:
-        if statement.lstrip().startswith("INSERT INTO processing_object"):
-            statements.append(statement)
-
-    event.listen(engine, "before_cursor_execute", on_execute)
-    yield statements
-    event.remove(engine, "before_cursor_execute", on_execute)
+    """The INSERT statements into processing_object."""
+    with statements_sent(
+        isolated_sessionmaker, lambda sql: sql.lstrip().startswith("INSERT INTO processing_object")
+    ) as statements:
+        yield statements
 
 
 async def test_a_batch_of_submissions_inserts_in_one_statement_and_answers_each_as_alone(
