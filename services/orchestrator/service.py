@@ -105,7 +105,8 @@ class ObjectService:
 
     async def submit(self, uow: UnitOfWork, command: SubmitObjectV1) -> CommandReplyV1:
         if command.object_id in uow.inserted:
-            obj = uow.inserted[command.object_id]
+            # Taken out: a second copy of this command in the same batch finds the row as any redelivery does.
+            obj = uow.inserted.pop(command.object_id)
         else:
             obj = await uow.objects.insert_if_new(self._new_row(command))
         if obj is None:

@@ -87,17 +87,20 @@ class Authenticator:
 
     async def _mark_used(self, key_id: UUID) -> None:
         """Record that the key was used (listings show it, to tell keys still in use from forgotten ones). At most
-        once per LAST_USED_RESOLUTION per key, across instances: a write per request would cost every request."""
+        once per LAST_USED_RESOLUTION per key, across instances: a write per request would cost every request. A
+        row that another request is writing is skipped, not waited for (SKIP LOCKED): that write records this use."""
+        stale = (
+            select(ApiKey.id)
+            .where(
+                ApiKey.id == key_id,
+                or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < func.now() - LAST_USED_RESOLUTION),
+            )
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
         try:
             async with self.sessionmaker.begin() as session:
-                await session.execute(
-                    update(ApiKey)
-                    .where(
-                        ApiKey.id == key_id,
-                        or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < func.now() - LAST_USED_RESOLUTION),
-                    )
-                    .values(last_used_at=func.now())
-                )
+                await session.execute(update(ApiKey).where(ApiKey.id == stale).values(last_used_at=func.now()))
         except SQLAlchemyError:  # a bookkeeping write never fails the request it describes
             log.warning("api_key.last_used_not_recorded", key_id=str(key_id), exc_info=True)
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import pytest
 from statemachine.exceptions import TransitionNotAllowed
 
+from libs.common.db.models import ProcessingObject
 from services.orchestrator.machine import ObjectMachine, next_state
 
 ALLOWED: dict[tuple[str, str], str] = {
@@ -93,3 +94,8 @@ def test_the_machine_has_no_guards_or_actions_so_its_answers_may_be_cached() -> 
     # the answer depend on more than that: if one is added, next_state must stop caching.
     methods = [name for name, value in vars(ObjectMachine).items() if inspect.isfunction(value)]
     assert methods == []
+    transitions = [transition for state in ObjectMachine.states for transition in state.transitions]
+    assert all(not list(t.cond) and not list(t.validators) for t in transitions), "a guard or validator"
+    # Callbacks named by convention (before_enqueue, on_enter_queued, ...) were looked up on the row too.
+    hooks = [name for name in dir(ProcessingObject) if name.startswith(("before_", "on_", "after_"))]
+    assert hooks == []
