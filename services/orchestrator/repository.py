@@ -25,7 +25,7 @@ from sqlalchemy import cast as cast_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from libs.common.db.models import ObjectEvent, ObjectTransition, OutboxMessage, ProcessingObject
+from libs.common.db.models import OutboxMessage, ProcessingObject
 from libs.common.domain import ObjectState
 
 # Key of the transaction-level advisory lock that serialises admission across orchestrator instances.
@@ -33,8 +33,6 @@ ADMISSION_LOCK_KEY = 0x0BEC7_0001
 
 # The tables, for Core statements where the ORM's unit of work would be pure overhead.
 OUTBOX = cast(Table, OutboxMessage.__table__)
-TRANSITIONS = cast(Table, ObjectTransition.__table__)
-EVENTS = cast(Table, ObjectEvent.__table__)
 OBJECTS = cast(Table, ProcessingObject.__table__)
 
 PROCESSING_COUNT = select(func.count()).where(OBJECTS.c.state == ObjectState.PROCESSING.value).scalar_subquery()
