@@ -26,7 +26,7 @@ help:
 	.tools/bin/pip install --quiet "uv==$(UV_VERSION)"
 
 $(VENV)/.synced: pyproject.toml uv.lock | $(if $(filter .tools/bin/uv,$(UV)),.tools/bin/uv)
-	$(UV) sync --frozen --python python3
+	$(UV) sync --frozen --python python3 --compile-bytecode
 	@touch $@
 
 run: $(VENV)/.synced
