@@ -14,13 +14,20 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from libs.common.events import AnyOperationResult, OperationFailedV1, OperationStartedV1, RunOperationV1
+from libs.common.events import (
+    AnyOperationResult,
+    OperationCompletedV1,
+    OperationFailedV1,
+    OperationStartedV1,
+    RunOperationV1,
+)
 from libs.common.events.streams import (
     DATA_FIELD,
     EXECUTOR_GROUP,
     OPERATION_COMMANDS,
     OPERATION_RESULTS,
     RUN_DONE,
+    cancel_requested_key,
     running_operation_key,
 )
 from libs.common.reclaim import Reclaimer, entry_id_of, heartbeat
@@ -47,45 +54,71 @@ class Executor:
     busy: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     async def execute(self, command: RunOperationV1, entry_id: str, *, redelivered: bool = False) -> None:
-        """Run one command. Acknowledged by the caller only if this returns: after the artifact is in S3 and the
-        result is published. Raises (leaving the entry pending, for the Reclaimer) on what may pass later.
-        `redelivered`: the entry was claimed from another consumer, so the operation may have completed."""
+        """Run one command: its operation, then those in its `then`. Acknowledged by the caller only if this returns:
+        after each artifact is in S3 and each result is published. Raises (leaving the entry pending, for the
+        Reclaimer) on what may pass later; the Reclaimer's run of it then finds the operations that completed.
+        `redelivered`: the entry was claimed from another consumer, so operations may have completed."""
+        runner, redis = self.runner, self.redis
+        if runner is None or redis is None:
+            raise RuntimeError("executor not started")
         # Bound for this command only: bound for good, its ids would label the consumer's next lines (the next
         # message's "Received") too.
         with structlog.contextvars.bound_contextvars(
-            object_id=str(command.object_id), operation=command.operation, message_id=str(command.message_id)
+            object_id=str(command.object_id), message_id=str(command.message_id)
         ):
-            await self._execute(command, entry_id, redelivered=redelivered)
+            step: RunOperationV1 | None = command
+            busy = False
+            try:
+                while step is not None:
+                    with structlog.contextvars.bound_contextvars(operation=step.operation):
+                        async with self._beating(step, entry_id):
+                            if not busy:
+                                # One command at a time in this executor, whether read live or reclaimed, chain and
+                                # all; its entry is beaten for while it waits.
+                                await self.busy.acquire()
+                                busy = True
+                            step = await self._run_step(runner, redis, step, redelivered=redelivered)
+            finally:
+                if busy:
+                    self.busy.release()
 
-    async def _execute(self, command: RunOperationV1, entry_id: str, *, redelivered: bool) -> None:
-        if self.runner is None or self.redis is None:
-            raise RuntimeError("executor not started")
+    def _beating(self, step: RunOperationV1, entry_id: str) -> contextlib.AbstractAsyncContextManager[None]:
+        return heartbeat(
+            str(self.settings.redis_url),
+            OPERATION_COMMANDS,
+            EXECUTOR_GROUP,
+            self.settings.instance_id,
+            entry_id,
+            self.heartbeat_seconds,
+            lock=(running_operation_key(step.object_id, step.operation, step.task_id), self.settings.claim_idle_ms),
+        )
+
+    async def _run_step(
+        self, runner: OperationRunner, redis: Redis, step: RunOperationV1, *, redelivered: bool
+    ) -> RunOperationV1 | None:
+        """Run one operation and publish its result; returns the chain's next step, if it is to run."""
         # One run of an operation at a time across executors: a copy of a command that another executor is running
         # (duplicated, re-sent after Redis lost its streams, or claimed from a consumer that was only slow) waits
         # for that run, then reports its artifact instead of computing it again. The key expires if its holder
         # dies, so the wait ends in a takeover; after a run it says DONE for a while, so a late copy knows too.
-        lock_key = running_operation_key(command.object_id, command.operation, command.task_id)
-        async with (
-            heartbeat(
-                str(self.settings.redis_url),
-                OPERATION_COMMANDS,
-                EXECUTOR_GROUP,
-                self.settings.instance_id,
-                entry_id,
-                self.heartbeat_seconds,
-                lock=(lock_key, self.settings.claim_idle_ms),
-            ),
-            self.busy,
-        ):  # and one operation at a time in this executor, whether read live or reclaimed
-            ran_before = await self._hold(self.redis, lock_key)
-            try:
-                may_be_done = ran_before or redelivered or command.resent
-                async with self._reporting_start(self.runner.started(command)):
-                    result = await self.runner.run(command, may_be_done=may_be_done)
-                await self._publish(result, done_key=lock_key)
-            except BaseException:
-                await self._release(self.redis, lock_key)
-                raise
+        lock_key = running_operation_key(step.object_id, step.operation, step.task_id)
+        ran_before = await self._hold(redis, lock_key)
+        try:
+            may_be_done = ran_before or redelivered or step.resent
+            async with self._reporting_start(runner.started(step)):
+                result = await runner.run(step, may_be_done=may_be_done)
+            following = step.following(result) if isinstance(result, OperationCompletedV1) else None
+            # Before going on: whether the object's cancellation was requested, asked in the same round trip.
+            cancel_key = cancel_requested_key(step.object_id, step.task_id) if following is not None else None
+            cancelled = await self._publish(result, done_key=lock_key, cancel_key=cancel_key)
+        except BaseException:
+            await self._release(redis, lock_key)
+            raise
+        if following is not None and cancelled:
+            log.info("operation.chain_cancelled", next_operation=following.operation)
+            await self._publish(runner.cancelled(following))
+            return None
+        return following
 
     @contextlib.asynccontextmanager
     async def _reporting_start(self, started: OperationStartedV1) -> AsyncIterator[None]:
@@ -137,17 +170,25 @@ class Executor:
             log.warning("running_key.release_failed", key=key)
 
     async def give_up(self, body: bytes, reason: str) -> None:
-        """A command dead-lettered after too many deliveries: fail its object with the reason."""
+        """A command dead-lettered after too many deliveries: fail its object with the reason, at the operation of
+        its chain it could not get past (the first whose artifact is not stored)."""
         try:
             command = RunOperationV1.model_validate_json(body)
         except ValueError:
             return
+        if self.runner is None:
+            raise RuntimeError("executor not started")
+        step: RunOperationV1 | None = command
+        while step is not None and (stored := await self.runner.stored_result(step)) is not None:
+            step = step.following(stored)
+        if step is None:  # every operation completed; their results were published, or a re-send reports them
+            return
         await self._publish(
             OperationFailedV1(
-                object_id=command.object_id,
-                task_id=command.task_id,
-                operation=command.operation,
-                index=command.index,
+                object_id=step.object_id,
+                task_id=step.task_id,
+                operation=step.operation,
+                index=step.index,
                 executor_id=self.settings.instance_id,
                 error=f"gave up: {reason}",
             )
@@ -161,9 +202,9 @@ class Executor:
     def heartbeat_seconds(self) -> float:
         return self.settings.claim_idle_ms / 1000 / 3
 
-    async def _publish(self, message: BaseModel, *, done_key: str | None = None) -> None:
+    async def _publish(self, message: BaseModel, *, done_key: str | None = None, cancel_key: str | None = None) -> bool:
         """Add `message` to the results stream; with `done_key`, mark that operation's run done in the same round
-        trip, after it."""
+        trip, after it; with `cancel_key`, also read it: returns whether it is set."""
         # Redis restarting must not throw away finished work: the artifact is in S3, only the report is missing,
         # and the command's entry may be gone with Redis's data (nothing would redeliver it).
         if self.redis is None:
@@ -181,7 +222,9 @@ class Executor:
                     )
                     if done_key is not None:
                         pipe.set(done_key, RUN_DONE, px=DONE_TTL_MS)
-                    added, *marked = await pipe.execute(raise_on_error=False)
+                    if cancel_key is not None:
+                        pipe.get(cancel_key)
+                    added, *rest = await pipe.execute(raise_on_error=False)
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 if attempt == PUBLISH_ATTEMPTS:
                     raise
@@ -191,10 +234,13 @@ class Executor:
                 continue
             if isinstance(added, Exception):
                 raise added
-            if marked and isinstance(marked[0], Exception):
+            marked = rest.pop(0) if done_key is not None else None
+            if isinstance(marked, Exception):
                 # Only a late duplicate would miss the mark, and it finds the artifact or runs again.
-                log.warning("running_key.mark_done_failed", key=done_key, error=str(marked[0]))
-            return
+                log.warning("running_key.mark_done_failed", key=done_key, error=str(marked))
+            # Unreadable counts as not requested: the next operation runs, and the orchestrator cancels after it.
+            return bool(rest) and not isinstance(rest[0], Exception) and rest[0] is not None
+        raise AssertionError  # unreachable: the loop returns or raises
 
 
 def register(broker: RedisBroker, settings: ExecutorSettings) -> Executor:

@@ -12,7 +12,13 @@ import structlog
 from pydantic import JsonValue, ValidationError
 
 from libs.common.domain import artifact_key
-from libs.common.events import OperationCompletedV1, OperationFailedV1, OperationStartedV1, RunOperationV1
+from libs.common.events import (
+    OperationCancelledV1,
+    OperationCompletedV1,
+    OperationFailedV1,
+    OperationStartedV1,
+    RunOperationV1,
+)
 from services.executor.data import DataError, detect_format
 from services.executor.operations import registry
 from services.executor.operations.base import OperationContext, OperationFailedError
@@ -37,6 +43,10 @@ class OperationRunner:
     def started(self, command: RunOperationV1) -> OperationStartedV1:
         return OperationStartedV1(**self._ids(command), executor_id=self.executor_id)
 
+    def cancelled(self, command: RunOperationV1) -> OperationCancelledV1:
+        """The report of an operation not started because its object's cancellation was requested."""
+        return OperationCancelledV1(**self._ids(command), executor_id=self.executor_id)
+
     async def run(self, command: RunOperationV1, *, may_be_done: bool = True) -> Result:
         """Returns the result to publish. Raises only for what may succeed on another delivery: S3 unavailable
         through every retry (StorageUnavailableError) leaves the command pending, to be tried again later.
@@ -50,7 +60,7 @@ class OperationRunner:
         records: RecordStream | None = None
         try:
             # Inside the try, so a missing or refused artifact fails the operation; S3 being down escapes (retried later).
-            previous = await self._previous_success(command, key) if may_be_done else None
+            previous = await self.stored_result(command) if may_be_done else None
             if previous is not None:
                 log.info("operation.already_done", operation=command.operation)
                 return previous
@@ -107,8 +117,10 @@ class OperationRunner:
             value = {"identifier": command.identifier, "metadata": command.metadata}
         yield RecordStream(chunks_of(orjson.dumps(value)), "json", self.max_document_bytes)
 
-    async def _previous_success(self, command: RunOperationV1, key: str) -> OperationCompletedV1 | None:
-        """A redelivered command whose artifact is already stored is reported again, not recomputed."""
+    async def stored_result(self, command: RunOperationV1) -> OperationCompletedV1 | None:
+        """The result of the command's operation when it completed before (its artifact says it succeeded), else
+        None: a redelivered command whose artifact is already stored is reported again, not recomputed."""
+        key = artifact_key(command.identifier, command.operation, command.tenant)
         raw = await self.storage.get_json_if_exists(key)
         if raw is None:
             return None

@@ -23,6 +23,7 @@ from libs.common.events import (
     CancelObjectV1,
     CommandReplyV1,
     ObjectProgressedV1,
+    OperationCancelledV1,
     OperationCompletedV1,
     OperationFailedV1,
     OperationStartedV1,
@@ -36,17 +37,25 @@ from libs.common.events.streams import (
     OPERATION_COMMANDS,
     OPERATION_RESULTS,
     ORCHESTRATOR_GROUP,
+    cancel_requested_key,
 )
 from libs.common.reclaim import Reclaimer
 from services.orchestrator.batches import MAX_BATCH, StreamBatch
 from services.orchestrator.inflight import lost_operations
 from services.orchestrator.outbox import OutboxRelay
 from services.orchestrator.repository import ObjectRepository
-from services.orchestrator.service import ObjectService, UnitOfWork
+from services.orchestrator.service import ObjectService, ResultAheadError, UnitOfWork
 from services.orchestrator.settings import OrchestratorSettings
 
 log = structlog.get_logger()
 T = TypeVar("T")
+
+AHEAD_RETRY_DELAYS_S = (0.01, 0.03, 0.1, 0.3)
+"""How long a result that came before its object's earlier one waits for it, in this handler, before it is left
+pending for the Reclaimer."""
+CANCEL_KEY_TTL_MS = 3_600_000
+"""How long the word of a cancellation stays for the executor: longer than any operation runs (each later result
+of the object says it again anyway)."""
 UseCase = Callable[[UnitOfWork], Awaitable[T]]
 
 
@@ -158,7 +167,10 @@ class Orchestrator:
                 await self._run_batch([queued])
             return
         for queued, result in zip(batch, results, strict=True):
-            _settle(queued.future, result=result)
+            if isinstance(result, ResultAheadError):
+                _settle(queued.future, error=result)
+            else:
+                _settle(queued.future, result=result)
 
     async def _transaction(self, batch: list[_Queued[Any]]) -> list[Any]:
         async with self.sessionmaker.begin() as session:
@@ -174,7 +186,10 @@ class Orchestrator:
             results = []
             for queued in batch:
                 with structlog.contextvars.bound_contextvars(**queued.job.log_context):
-                    results.append(await queued.job.use_case(uow))
+                    try:
+                        results.append(await queued.job.use_case(uow))
+                    except ResultAheadError as exc:  # raised before it changed anything: the others go on
+                        results.append(exc)
             if uow.admission_needed:
                 # In the same transaction: a slot freed (or an object queued) is filled without a second round
                 # trip. Admission itself cannot deadlock: it skips rows other transactions hold, and takes its
@@ -185,7 +200,21 @@ class Orchestrator:
             await self.relay.publish_committed(outbox)
         except Exception:  # committed: the outbox sweep publishes the rows later; nothing may run twice
             log.warning("outbox.publish_deferred", rows=len(outbox), exc_info=True)
+        if uow.cancelled_runs:
+            await self._tell_executors(uow.cancelled_runs)
         return results
+
+    async def _tell_executors(self, runs: Sequence[tuple[UUID, UUID]]) -> None:
+        """Tell the executors running these objects' operations that their cancellation is committed: each starts
+        no further operation of the object. Best effort: if Redis does not take it, the executor runs the object's
+        remaining operations and the object is cancelled after them; every later result tells it again."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for object_id, task_id in runs:
+                    pipe.set(cancel_requested_key(object_id, task_id), b"1", px=CANCEL_KEY_TTL_MS)
+                await pipe.execute()
+        except RedisError:
+            log.warning("cancellation.not_told", count=len(runs), exc_info=True)
 
     async def admit(self) -> int:
         async with self.sessionmaker.begin() as session:
@@ -210,8 +239,19 @@ class Orchestrator:
 
     async def handle_results(self, events: Sequence[AnyOperationResult]) -> list[BaseException | None]:
         """Apply the executors' results; returns, in order, None or the exception each failed with."""
-        outcomes = await self.run_all([self._result_job(event) for event in events])
-        return [outcome if isinstance(outcome, BaseException) else None for outcome in outcomes]
+        applied = await self.run_all([self._result_job(event) for event in events])
+        outcomes: list[BaseException | None] = list(applied)
+        for delay in AHEAD_RETRY_DELAYS_S:
+            ahead = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, ResultAheadError)]
+            if not ahead:
+                break
+            # The result before it is most likely being applied right now, by another instance: a moment's wait
+            # beats leaving the message to the Reclaimer (CLAIM_IDLE_MS).
+            await asyncio.sleep(delay)
+            again = await self.run_all([self._result_job(events[i]) for i in ahead])
+            for i, outcome in zip(ahead, again, strict=True):
+                outcomes[i] = outcome
+        return outcomes
 
     async def handle_command(self, command: AnyObjectCommand) -> None:
         if error := (await self.handle_commands([command]))[0]:
@@ -243,6 +283,8 @@ class Orchestrator:
                 return Job(lambda uow: service.operation_completed(uow, event), context, event.object_id)
             case OperationFailedV1():
                 return Job(lambda uow: service.operation_failed(uow, event), context, event.object_id)
+            case OperationCancelledV1():
+                return Job(lambda uow: service.operation_cancelled(uow, event), context, event.object_id)
 
     async def redispatch_lost(self, older_than_seconds: float) -> int:
         """Re-send every running operation sent more than `older_than_seconds` ago that Redis has lost track of."""

@@ -21,8 +21,10 @@ from libs.common.db.models import OutboxMessage, ProcessingObject
 from libs.common.domain import ObjectState
 from libs.common.events import (
     CancelObjectV1,
+    ChainedOperation,
     CommandReplyV1,
     ObjectProgressedV1,
+    OperationCancelledV1,
     OperationCompletedV1,
     OperationFailedV1,
     OperationMessage,
@@ -45,6 +47,14 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+class ResultAheadError(Exception):
+    """A result arrived before the result of an earlier operation of its object was applied: it must wait (its
+    message stays pending, to be applied after)."""
+
+    def __init__(self, object_id: UUID, operation: str, current: str | None) -> None:
+        super().__init__(f"the result of {operation!r} for object {object_id} came before that of {current!r}")
+
+
 @dataclass
 class UnitOfWork:
     """What one transaction did: the rows it appends (audit, progress events, outbox messages), written together by
@@ -61,6 +71,9 @@ class UnitOfWork:
     """Objects this transaction has locked: a row lock holds until commit, so a second lock needs no statement."""
     inserted: dict[UUID, ProcessingObject | None] = field(default_factory=dict)
     """Submissions this transaction has inserted up front: the new object, or None where the identifier was taken."""
+    cancelled_runs: list[tuple[UUID, UUID]] = field(default_factory=list)
+    """(object, task) of processing objects whose cancellation this transaction records: once it commits, the
+    executor running the object's operations is told, so that it starts no further one."""
 
     @cached_property
     def objects(self) -> ObjectRepository:
@@ -130,10 +143,12 @@ class ObjectService:
             return self._reply(command, "not_found", None, "no object with this id")
         state = ObjectState(obj.state)
         if state is ObjectState.PROCESSING:
-            # The running operation is not interrupted; its result, when it comes, moves the object to cancelled.
+            # The running operation is not interrupted. The executor, told, starts no further one and says so, and
+            # that moves the object to cancelled (see operation_cancelled).
             if not obj.cancel_requested:
                 obj.cancel_requested = True
                 self._record_change(uow, obj, "cancel_requested")
+            uow.cancelled_runs.append((obj.id, obj.task_id))
             return self._reply(
                 command, "accepted", obj, "cancellation requested; it takes effect when the running operation ends"
             )
@@ -198,15 +213,31 @@ class ObjectService:
         if event.output_url:
             obj.data_url = event.output_url
             obj.data_url_format = event.output_format
-        # The next operation is sent first, so the event carries the document this transaction leaves: the next
-        # operation running (short operations report no start of their own; see the executor's
-        # STARTED_REPORT_DELAY_MS). After the last one, a second event follows with the final state.
-        dispatched = not obj.cancel_requested and self._dispatch_next(uow, obj)
+        # The executor that ran this operation goes on with the next one (the command's `then`), so it is the
+        # current one from now on, and the event carries that document (short operations report no start of their
+        # own; see the executor's STARTED_REPORT_DELAY_MS). After the last one, a second event follows with the
+        # final state.
+        following = self._pending_operations(obj)
+        if following:
+            self._make_current(obj, following[0])
+            if obj.cancel_requested:  # told again: the first word may have been lost with Redis
+                uow.cancelled_runs.append((obj.id, obj.task_id))
         self._record_change(uow, obj, "operation_completed")
+        if not following:
+            self._finish(uow, obj, "cancel" if obj.cancel_requested else "complete")
+
+    async def operation_cancelled(self, uow: UnitOfWork, event: OperationCancelledV1) -> None:
+        """The executor did not start the object's next operation: its cancellation was requested."""
+        obj = await self._lock_for_result(uow, event)
+        if obj is None:
+            return
         if obj.cancel_requested:
             self._finish(uow, obj, "cancel")
-        elif not dispatched:
-            self._finish(uow, obj, "complete")
+            return
+        # Only a cancellation sets the key the executor looked at, and it is the run's own: this cannot happen, but
+        # if it did, the object must not wait forever for an operation nobody runs.
+        log.warning("result.cancelled_without_request", object_id=str(obj.id), operation=event.operation)
+        self._dispatch_next(uow, obj, resent=True)
 
     async def operation_failed(self, uow: UnitOfWork, event: OperationFailedV1) -> None:
         obj = await self._lock_for_result(uow, event)
@@ -248,7 +279,8 @@ class ObjectService:
         costs a little and loses nothing."""
         objects = await uow.objects.lock_in_flight(ids, dispatched_before)
         for obj in objects:
-            if obj.cancel_requested and obj.operations_status.get(obj.current_operation or "", {}).get("completed"):
+            if obj.cancel_requested:  # nothing runs for it any more: the cancellation takes effect now
+                self._finish(uow, obj, "cancel")
                 continue
             self._dispatch_next(uow, obj, resent=True)
         if objects:
@@ -268,6 +300,15 @@ class ObjectService:
         if obj is None:
             log.warning("result.unknown_object", object_id=str(event.object_id))
             return None
+        if (
+            obj.state == ObjectState.PROCESSING
+            and obj.task_id == event.task_id
+            and obj.current_operation in obj.operations
+            and event.index > obj.operations.index(obj.current_operation)
+        ):
+            # A later operation of the chain reported before an earlier one was applied (its result is with another
+            # orchestrator instance, or waits for a retry): results apply in order, so this one waits too.
+            raise ResultAheadError(obj.id, event.operation, obj.current_operation)
         fresh = (
             obj.state == ObjectState.PROCESSING
             and obj.task_id == event.task_id
@@ -285,15 +326,23 @@ class ObjectService:
             return None
         return obj
 
+    @staticmethod
+    def _pending_operations(obj: ProcessingObject) -> list[str]:
+        return [op for op in obj.operations if not obj.operations_status.get(op, {}).get("completed")]
+
+    @staticmethod
+    def _make_current(obj: ProcessingObject, operation: str) -> None:
+        obj.current_operation = operation
+        obj.operations_status = {**obj.operations_status, operation: {"completed": False}}
+
     def _dispatch_next(self, uow: UnitOfWork, obj: ProcessingObject, *, resent: bool = False) -> bool:
-        """Send the first operation not yet completed to the executors. False when none is left."""
-        pending = [op for op in obj.operations if not obj.operations_status.get(op, {}).get("completed")]
+        """Send the operations not yet completed, as one chain, to the executors. False when none is left."""
+        pending = self._pending_operations(obj)
         if not pending:
             return False
-        operation = pending[0]
-        obj.current_operation = operation
+        operation, *following = pending
+        self._make_current(obj, operation)
         obj.dispatched_at = _now()
-        obj.operations_status = {**obj.operations_status, operation: {"completed": False}}
         uow.emit(
             OPERATION_COMMANDS,
             RunOperationV1(
@@ -310,6 +359,7 @@ class ObjectService:
                 metadata=obj.object_metadata,
                 options=obj.options.get(operation, {}),
                 resent=resent,
+                then=[ChainedOperation(operation=op, options=obj.options.get(op, {})) for op in following],
             ),
         )
         return True

@@ -32,7 +32,7 @@ TOPOLOGY: dict[str, dict[str, str]] = {
 MESSAGES: dict[str, set[str]] = {
     OBJECT_COMMANDS: {"SubmitObjectV1", "CancelObjectV1", "RetryObjectV1"},
     OPERATION_COMMANDS: {"RunOperationV1"},
-    OPERATION_RESULTS: {"OperationStartedV1", "OperationCompletedV1", "OperationFailedV1"},
+    OPERATION_RESULTS: {"OperationStartedV1", "OperationCompletedV1", "OperationFailedV1", "OperationCancelledV1"},
     OBJECT_EVENTS: {"ObjectProgressedV1"},
 }
 

@@ -5,17 +5,21 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import pytest
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 import libs.common.events as events
+from libs.common.domain import Operation
 from libs.common.events import (
     AnyObjectCommand,
     AnyOperationResult,
     CancelObjectV1,
+    ChainedOperation,
     CommandReplyV1,
     ObjectProgressedV1,
+    OperationCancelledV1,
     OperationCompletedV1,
     OperationFailedV1,
     OperationStartedV1,
@@ -44,13 +48,14 @@ CONTRACTS: dict[str, tuple[type[BaseModel], Reader]] = {
     "operation.started.v1": (OperationStartedV1, OPERATION_RESULT.validate_json),
     "operation.completed.v1": (OperationCompletedV1, OPERATION_RESULT.validate_json),
     "operation.failed.v1": (OperationFailedV1, OPERATION_RESULT.validate_json),
+    "operation.cancelled.v1": (OperationCancelledV1, OPERATION_RESULT.validate_json),
 }
 TYPES = sorted(CONTRACTS)
 UNIONS: dict[str, tuple[Reader, list[str]]] = {
     "AnyObjectCommand": (OBJECT_COMMAND.validate_json, ["object.submit.v1", "object.cancel.v1", "object.retry.v1"]),
     "AnyOperationResult": (
         OPERATION_RESULT.validate_json,
-        ["operation.started.v1", "operation.completed.v1", "operation.failed.v1"],
+        ["operation.started.v1", "operation.completed.v1", "operation.failed.v1", "operation.cancelled.v1"],
     ),
 }
 
@@ -156,3 +161,48 @@ def test_docs_examples_are_the_samples() -> None:
     blocks = re.findall(r"```json\n(.*?)```", EVENTS_DOC.read_text(encoding="utf-8"), flags=re.DOTALL)
     examples = [example for block in blocks if "type" in (example := json.loads(block))]
     assert {example["type"]: example for example in examples} == {type_: sample(type_) for type_ in TYPES}
+
+
+def test_a_chains_next_step_takes_the_next_operation_its_options_and_the_output_of_the_one_before() -> None:
+    run = RunOperationV1(
+        object_id=uuid4(),
+        task_id=uuid4(),
+        operation=Operation.TRANSFORM,
+        index=1,
+        total=4,
+        identifier="obj",
+        data_url="s3://b/in.csv",
+        data_format="csv",
+        options={"steps": []},
+        then=[
+            ChainedOperation(operation=Operation.ANALYZE, options={"top": 3}),
+            ChainedOperation(operation=Operation.EXPORT),
+        ],
+    )
+
+    def done(output_url: str | None = None) -> OperationCompletedV1:
+        return OperationCompletedV1(
+            object_id=run.object_id,
+            task_id=run.task_id,
+            operation=run.operation,
+            index=run.index,
+            executor_id="executor-1",
+            s3_url="s3://b/obj/transform_result.json",
+            duration_ms=1.0,
+            output_url=output_url,
+            output_format="json" if output_url else None,
+        )
+
+    analyze = run.following(done("s3://b/obj/out.json"))
+
+    assert analyze is not None
+    assert (analyze.operation, analyze.index, analyze.options) == (Operation.ANALYZE, 2, {"top": 3})
+    assert (analyze.data_url, analyze.data_format) == ("s3://b/obj/out.json", "json")
+    assert analyze.then == [ChainedOperation(operation=Operation.EXPORT)]
+    assert (analyze.object_id, analyze.task_id, analyze.identifier) == (run.object_id, run.task_id, "obj")
+    # An operation that wrote no output leaves the data where it was.
+    same = run.following(done())
+    assert same is not None
+    assert (same.data_url, same.data_format) == ("s3://b/in.csv", "csv")
+    # After the last, nothing follows.
+    assert run.model_copy(update={"then": []}).following(done()) is None

@@ -12,6 +12,8 @@ from libs.common.events.objects import (
 )
 from libs.common.events.operations import (
     AnyOperationResult,
+    ChainedOperation,
+    OperationCancelledV1,
     OperationCompletedV1,
     OperationFailedV1,
     OperationMessage,
@@ -23,10 +25,12 @@ __all__ = [
     "AnyObjectCommand",
     "AnyOperationResult",
     "CancelObjectV1",
+    "ChainedOperation",
     "CommandReplyV1",
     "Message",
     "ObjectCommand",
     "ObjectProgressedV1",
+    "OperationCancelledV1",
     "OperationCompletedV1",
     "OperationFailedV1",
     "OperationMessage",

@@ -4,7 +4,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from libs.common.domain import DEFAULT_TENANT, OperationName
 from libs.common.events.base import Message
@@ -19,8 +19,17 @@ class OperationMessage(Message):
     """Position of the operation in the object's list, from 0."""
 
 
+class ChainedOperation(BaseModel):
+    """An operation of the object to run after the command's own, with its options from the request."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    operation: OperationName
+    options: JsonObject = Field(default_factory=dict)
+
+
 class RunOperationV1(OperationMessage):
-    """Orchestrator -> one executor of the `executor` group: run one operation of one object.
+    """Orchestrator -> one executor of the `executor` group: run one operation of one object, then those in `then`.
 
     The object's data is `data_url` (an s3:// URL: the request's `source`, or an earlier operation's output),
     else the inline `payload`, else the object's own record (`identifier` and `metadata`). Large data never
@@ -41,6 +50,25 @@ class RunOperationV1(OperationMessage):
     resent: bool = False
     """True when the orchestrator sends the command again because the first copy was lost: the operation may
     have completed already, so the executor looks for its artifact before running it."""
+    then: list[ChainedOperation] = Field(default_factory=list)
+    """The object's following operations, in order. The same executor runs each as soon as the one before it
+    completes, on that one's output, and reports each result as it comes; it stops at a failure, or when the
+    object's cancellation was requested (reporting `operation.cancelled.v1` for the operation it did not start).
+    One command per object instead of one per operation: no round trip through the orchestrator between two
+    operations of an object, which still applies every result, in order, in a transaction of its own."""
+
+    def following(self, completed: "OperationCompletedV1") -> "RunOperationV1 | None":
+        """The chain's next step once this operation `completed`: the next operation of `then`, on this one's output
+        if it wrote one (as the orchestrator would send it); None at the chain's end."""
+        if not self.then:
+            return None
+        step, *rest = self.then
+        data = (
+            {"data_url": completed.output_url, "data_format": completed.output_format} if completed.output_url else {}
+        )
+        return self.model_copy(
+            update={"operation": step.operation, "options": step.options, "index": self.index + 1, "then": rest, **data}
+        )
 
 
 class OperationStartedV1(OperationMessage):
@@ -75,6 +103,14 @@ class OperationFailedV1(OperationMessage):
     error: str
 
 
+class OperationCancelledV1(OperationMessage):
+    """Executor -> orchestrator: the next operation of a chain (see `RunOperationV1.then`) was not started, because
+    the object's cancellation was requested while the one before it ran."""
+
+    type: Literal["operation.cancelled.v1"] = "operation.cancelled.v1"
+    executor_id: str
+
+
 AnyOperationResult = Annotated[
-    OperationStartedV1 | OperationCompletedV1 | OperationFailedV1, Field(discriminator="type")
+    OperationStartedV1 | OperationCompletedV1 | OperationFailedV1 | OperationCancelledV1, Field(discriminator="type")
 ]

@@ -41,6 +41,12 @@ def running_operation_key(object_id: object, operation: str, task_id: object) ->
 RUN_DONE: Final = b"done"
 
 
+def cancel_requested_key(object_id: object, task_id: object) -> str:
+    """Set by the orchestrator once a processing object's cancellation is committed: the executor running the
+    object's chain of operations looks at it before starting the next one."""
+    return f"executor:cancel:{object_id}:{task_id}"
+
+
 def as_text(value: bytes | str) -> str:
     """A value read from Redis (bytes, or str with decode_responses) as text."""
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

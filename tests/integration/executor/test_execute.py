@@ -1,18 +1,22 @@
-"""Executor.execute against Redis and S3: what an operation reports on the results stream, and in what order."""
+"""Executor.execute against Redis and S3: what an operation (or a chain of them) reports on the results stream, and
+in what order."""
 
 import asyncio
 from typing import Any, cast
+from uuid import uuid4
 
 import orjson
 from pydantic import RedisDsn
 from redis.asyncio import Redis
+from types_aiobotocore_s3 import S3Client
 
-from libs.common.events import RunOperationV1
-from libs.common.events.streams import DATA_FIELD, OPERATION_RESULTS
+from libs.common.domain import Operation, artifact_key
+from libs.common.events import ChainedOperation, RunOperationV1
+from libs.common.events.streams import DATA_FIELD, OPERATION_RESULTS, cancel_requested_key
 from services.executor.handlers import Executor
 from services.executor.service import OperationRunner, Result
 from services.executor.settings import ExecutorSettings
-from tests.integration.executor._s3 import command
+from tests.integration.executor._s3 import command, completed_of, exists, read_json
 
 
 class SlowRunner(OperationRunner):
@@ -58,3 +62,77 @@ async def test_a_delay_of_zero_reports_every_start(clean: Redis, runner: Operati
     await executor(clean, runner, redis_url, delay_ms=0).execute(command("validate", payload={"a": 1}), "0-1")
 
     assert [message["type"] for message in await reported(clean)] == ["operation.started.v1", "operation.completed.v1"]
+
+
+def chain(*operations: str, **fields: Any) -> RunOperationV1:
+    first, *rest = operations
+    then = [ChainedOperation(operation=Operation(op)) for op in rest]
+    return command(first, total=len(operations), then=then, **fields)
+
+
+async def test_a_chain_runs_each_operation_on_the_output_of_the_one_before_and_reports_each(
+    clean: Redis, runner: OperationRunner, redis_url: str, s3: S3Client
+) -> None:
+    run = chain("transform", "analyze", payload=[{"A ": " x "}])
+
+    await executor(clean, runner, redis_url, delay_ms=5_000).execute(run, "0-1")
+
+    transform, analyze = await reported(clean)
+    assert (transform["type"], transform["operation"], transform["index"]) == ("operation.completed.v1", "transform", 0)
+    assert (analyze["type"], analyze["operation"], analyze["index"]) == ("operation.completed.v1", "analyze", 1)
+    assert transform["output_url"]
+    artifact = await read_json(s3, analyze["s3_url"])
+    assert artifact["input"]["url"] == transform["output_url"], "analyze read transform's output"
+
+
+async def test_a_chain_stops_at_a_failure(clean: Redis, runner: OperationRunner, redis_url: str) -> None:
+    run = chain("validate", "analyze", payload=[{"a": 1}], options={"required": ["missing"]})
+
+    await executor(clean, runner, redis_url, delay_ms=5_000).execute(run, "0-1")
+
+    assert [(m["type"], m["operation"]) for m in await reported(clean)] == [("operation.failed.v1", "validate")]
+
+
+async def test_a_chain_whose_object_is_being_cancelled_starts_no_further_operation(
+    clean: Redis, runner: OperationRunner, redis_url: str, s3: S3Client, bucket: str
+) -> None:
+    run = chain("validate", "transform", "analyze", payload=[{"a": 1}])
+    await clean.set(cancel_requested_key(run.object_id, run.task_id), b"1")
+
+    await executor(clean, runner, redis_url, delay_ms=5_000).execute(run, "0-1")
+
+    # The running operation ends and reports; the next is not started, and the executor says so.
+    assert [(m["type"], m["operation"], m["index"]) for m in await reported(clean)] == [
+        ("operation.completed.v1", "validate", 0),
+        ("operation.cancelled.v1", "transform", 1),
+    ]
+    assert not await exists(s3, bucket, artifact_key(run.identifier, "transform"))
+
+
+async def test_a_cancellation_of_another_run_of_the_object_does_not_stop_the_chain(
+    clean: Redis, runner: OperationRunner, redis_url: str
+) -> None:
+    run = chain("validate", "analyze", payload=[{"a": 1}])
+    await clean.set(cancel_requested_key(run.object_id, uuid4()), b"1")
+
+    await executor(clean, runner, redis_url, delay_ms=5_000).execute(run, "0-1")
+
+    assert [m["type"] for m in await reported(clean)] == ["operation.completed.v1", "operation.completed.v1"]
+
+
+async def test_a_chain_given_up_fails_its_object_at_the_operation_it_could_not_get_past(
+    clean: Redis, runner: OperationRunner, redis_url: str
+) -> None:
+    run = chain("validate", "transform", "analyze", payload=[{"a": 1}])
+    give_up = executor(clean, runner, redis_url, delay_ms=5_000).give_up
+    await give_up(run.model_dump_json().encode(), "delivered 5 times")
+    validate = run
+    transform = validate.following(completed_of(await runner.run(validate)))  # validate completed before
+    assert transform is not None
+
+    await give_up(run.model_dump_json().encode(), "delivered 5 times")
+
+    assert [(m["type"], m["operation"], m["index"], m["error"]) for m in await reported(clean)] == [
+        ("operation.failed.v1", "validate", 0, "gave up: delivered 5 times"),
+        ("operation.failed.v1", "transform", 1, "gave up: delivered 5 times"),
+    ]

@@ -1,5 +1,7 @@
-"""Lost work is found and re-sent from PostgreSQL, and work that Redis still shows is left alone."""
+"""Lost work is found and re-sent from PostgreSQL, and work that Redis still shows is left alone; results of an
+object's chain of operations apply in order."""
 
+from collections.abc import Sequence
 from typing import cast
 from uuid import UUID, uuid4
 
@@ -9,12 +11,20 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.common.broker import ensure_topology
+from libs.common.db.models import ProcessingObject
 from libs.common.domain import Operation
-from libs.common.events import SubmitObjectV1
-from libs.common.events.streams import DATA_FIELD, EXECUTOR_GROUP, OPERATION_COMMANDS, RUN_DONE, running_operation_key
+from libs.common.events import CancelObjectV1, OperationCompletedV1, RunOperationV1, SubmitObjectV1
+from libs.common.events.streams import (
+    DATA_FIELD,
+    EXECUTOR_GROUP,
+    OPERATION_COMMANDS,
+    RUN_DONE,
+    cancel_requested_key,
+    running_operation_key,
+)
 from services.orchestrator.handlers import Orchestrator
 from services.orchestrator.outbox import OutboxRelay
-from services.orchestrator.service import ObjectService
+from services.orchestrator.service import ObjectService, ResultAheadError
 
 
 @pytest.fixture
@@ -23,9 +33,9 @@ def orchestrator(isolated_sessionmaker: async_sessionmaker[AsyncSession], clean:
     return Orchestrator(isolated_sessionmaker, clean, relay, ObjectService(max_parallel_workers=3))
 
 
-async def submit(orchestrator: Orchestrator) -> UUID:
+async def submit(orchestrator: Orchestrator, operations: Sequence[str] = ("validate",)) -> UUID:
     command = SubmitObjectV1(
-        object_id=uuid4(), identifier=f"it-inflight-{uuid4().hex}", operations=[Operation("validate")]
+        object_id=uuid4(), identifier=f"it-inflight-{uuid4().hex}", operations=[Operation(op) for op in operations]
     )
     await orchestrator.handle_command(command)
     return command.object_id
@@ -107,3 +117,66 @@ async def test_a_run_marked_done_whose_result_never_came_is_sent_again(
         cast(list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(OPERATION_COMMANDS))[-1][1][DATA_FIELD.encode()]
     )
     assert resent["resent"] is True, "the executor is told to look for the artifact first"
+
+
+async def test_a_lost_command_of_an_object_being_cancelled_cancels_it(
+    orchestrator: Orchestrator, redis: Redis, isolated_sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    object_id = await submit(orchestrator)
+    [entry_id] = await commands_for(redis, object_id)
+    command = await _first_command(redis)
+    await orchestrator.handle_command(CancelObjectV1(object_id=object_id))
+    # The executor is told once the cancellation is committed.
+    assert await redis.get(cancel_requested_key(object_id, command.task_id)) is not None
+    await redis.xdel(OPERATION_COMMANDS, entry_id)  # then the command is lost: nothing runs for the object
+
+    assert await orchestrator.redispatch_lost(older_than_seconds=0) == 1
+
+    assert await commands_for(redis, object_id) == [], "nothing is sent again for it"
+    async with isolated_sessionmaker() as session:
+        obj = await session.get(ProcessingObject, object_id)
+    assert obj is not None
+    assert obj.state == "cancelled"
+
+
+def _result(command: RunOperationV1, operation: Operation, index: int) -> OperationCompletedV1:
+    return OperationCompletedV1(
+        object_id=command.object_id,
+        task_id=command.task_id,
+        operation=operation,
+        index=index,
+        executor_id="executor-1",
+        s3_url=f"s3://bucket/{command.identifier}/{operation}_result.json",
+        duration_ms=1.0,
+    )
+
+
+async def test_a_result_read_before_its_objects_earlier_one_is_applied_after_it(
+    orchestrator: Orchestrator, redis: Redis, isolated_sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    object_id = await submit(orchestrator, ["validate", "transform", "analyze"])
+    command = await _first_command(redis)
+    validate, transform = _result(command, Operation.VALIDATE, 0), _result(command, Operation.TRANSFORM, 1)
+
+    # In one batch, in the wrong order: transform's waits for validate's, then applies.
+    assert await orchestrator.handle_results([transform, validate]) == [None, None]
+
+    async with isolated_sessionmaker() as session:
+        obj = await session.get(ProcessingObject, object_id)
+    assert obj is not None
+    assert obj.current_operation == "analyze"
+    assert obj.operations_status["transform"]["completed"] is True
+
+
+async def test_a_result_whose_objects_earlier_one_never_comes_is_left_pending(orchestrator: Orchestrator) -> None:
+    await submit(orchestrator, ["validate", "transform"])
+    command = await _first_command(orchestrator.redis)
+
+    [outcome] = await orchestrator.handle_results([_result(command, Operation.TRANSFORM, 1)])
+
+    assert isinstance(outcome, ResultAheadError)  # its message stays pending, for the Reclaimer to try again
+
+
+async def _first_command(redis: Redis) -> RunOperationV1:
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(OPERATION_COMMANDS))
+    return RunOperationV1.model_validate_json(entries[0][1][DATA_FIELD.encode()])

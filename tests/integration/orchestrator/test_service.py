@@ -20,8 +20,10 @@ from libs.common.db.models import ObjectEvent, ObjectTransition, OutboxMessage, 
 from libs.common.domain import ObjectState, Operation
 from libs.common.events import (
     CancelObjectV1,
+    ChainedOperation,
     CommandReplyV1,
     ObjectProgressedV1,
+    OperationCancelledV1,
     OperationCompletedV1,
     OperationFailedV1,
     OperationStartedV1,
@@ -31,7 +33,7 @@ from libs.common.events import (
 )
 from libs.common.events.streams import OBJECT_EVENTS, OPERATION_COMMANDS
 from services.orchestrator.repository import ObjectRepository
-from services.orchestrator.service import ObjectService, UnitOfWork
+from services.orchestrator.service import ObjectService, ResultAheadError, UnitOfWork
 
 T = TypeVar("T")
 Sessionmaker = async_sessionmaker[AsyncSession]
@@ -46,6 +48,7 @@ class Applied(Generic[T]):
     result: T
     outbox: list[OutboxMessage]
     admission_needed: bool
+    cancelled_runs: list[tuple[UUID, UUID]]
 
     def runs(self) -> list[RunOperationV1]:
         return [RunOperationV1.model_validate_json(m.body) for m in self.outbox if m.stream == OPERATION_COMMANDS]
@@ -60,7 +63,7 @@ async def apply(sessionmaker: Sessionmaker, use_case: Callable[[UnitOfWork], Awa
         uow = UnitOfWork(session)
         result = await use_case(uow)
         await uow.flush()
-    return Applied(result, list(uow.outbox), uow.admission_needed)
+    return Applied(result, list(uow.outbox), uow.admission_needed, uow.cancelled_runs)
 
 
 @dataclass
@@ -131,6 +134,12 @@ def completed(run: RunOperationV1, output_url: str | None = None, **fields: Any)
     return OperationCompletedV1(**(values | fields))
 
 
+def not_started(run: RunOperationV1) -> OperationCancelledV1:
+    return OperationCancelledV1(
+        object_id=run.object_id, task_id=run.task_id, operation=run.operation, index=run.index, executor_id=EXECUTOR_ID
+    )
+
+
 def failed(run: RunOperationV1, error: str) -> OperationFailedV1:
     return OperationFailedV1(
         object_id=run.object_id,
@@ -178,6 +187,9 @@ class Pipeline:
     async def fail(self, event: OperationFailedV1) -> Applied[None]:
         return await apply(self.sessionmaker, lambda uow: self.service.operation_failed(uow, event))
 
+    async def not_started(self, event: OperationCancelledV1) -> Applied[None]:
+        return await apply(self.sessionmaker, lambda uow: self.service.operation_cancelled(uow, event))
+
     async def cancel(self, object_id: UUID) -> Applied[CommandReplyV1]:
         return await apply(self.sessionmaker, lambda uow: self.service.cancel(uow, CancelObjectV1(object_id=object_id)))
 
@@ -185,11 +197,15 @@ class Pipeline:
         return await apply(self.sessionmaker, lambda uow: self.service.retry(uow, RetryObjectV1(object_id=object_id)))
 
     async def finish_next(self, run: RunOperationV1, output_url: str | None = None) -> RunOperationV1 | None:
-        """Start and complete `run`; return the next dispatched operation, if any."""
+        """Start and complete `run`; return the chain's next step, as the executor goes on with it, if any."""
         await self.start(started(run))
-        runs = (await self.complete(completed(run, output_url))).runs()
-        assert len(runs) <= 1
-        return runs[0] if runs else None
+        done = completed(run, output_url)
+        assert (await self.complete(done)).runs() == []  # the next operation needs no command: it is in the chain
+        following = run.following(done)
+        if following is not None:
+            obj = (await snapshot(self.sessionmaker, run.object_id)).obj
+            assert obj.current_operation == following.operation
+        return following
 
 
 @pytest.fixture
@@ -317,6 +333,7 @@ async def test_admit_starts_at_most_the_cap_oldest_first_and_dispatches_their_fi
     for n, run in enumerate(runs):
         obj = (await snapshot(isolated_sessionmaker, run.object_id)).obj
         assert (run.operation, run.index, run.total) == (Operation.ANALYZE, 0, 2)
+        assert run.then == [ChainedOperation(operation=Operation.EXPORT)]
         assert run.task_id == obj.task_id
         assert run.identifier == obj.identifier
         assert run.payload == {"n": n}
@@ -348,6 +365,7 @@ async def test_admit_dispatches_the_object_options_data_url_and_metadata(isolate
     assert run.data_format == "csv"
     assert run.options == {"steps": None}
     assert run.metadata == {"k": "v"}
+    assert run.then == [ChainedOperation(operation=Operation.ANALYZE, options={"top": 3})]
 
 
 async def test_admit_fills_only_the_free_slots(isolated: Pipeline) -> None:
@@ -444,8 +462,11 @@ async def test_results_move_the_object_through_its_operations_and_complete_it(is
     assert [e.change for e in applied.progressed()] == ["operation_started"]
     assert applied.runs() == []
 
-    applied = await isolated.complete(completed(run))
-    [transform] = applied.runs()
+    done = completed(run)
+    applied = await isolated.complete(done)
+    assert applied.runs() == []  # the executor goes on with transform, the next in the command's chain
+    transform = run.following(done)
+    assert transform is not None
     assert (transform.operation, transform.index, transform.total) == (Operation.TRANSFORM, 1, 3)
     assert transform.task_id == run.task_id
     assert transform.data_url is None
@@ -505,7 +526,7 @@ async def test_completed_result_changes_nothing_when_duplicated(isolated: Pipeli
     run = await isolated.admit_one(object_id)
     event = completed(run)
     first = await isolated.complete(event)
-    assert len(first.runs()) == 1
+    assert [e.change for e in first.progressed()] == ["operation_completed"]
     before = await snapshot(isolated.sessionmaker, object_id)
 
     again = await isolated.complete(event)
@@ -540,7 +561,29 @@ async def test_completed_result_changes_nothing_when_stale(isolated: Pipeline, s
     assert after.obj.operations_status == before.obj.operations_status
     assert len(after.events) == len(before.events)
     # The genuine result still applies afterwards.
-    assert len((await isolated.complete(completed(run))).runs()) == 1
+    await isolated.complete(completed(run))
+    assert (await snapshot(isolated.sessionmaker, object_id)).obj.current_operation == "export"
+
+
+async def test_a_result_ahead_of_its_objects_earlier_one_waits_for_it(isolated: Pipeline) -> None:
+    object_id = await isolated.submit(["validate", "transform", "analyze"])
+    validate = await isolated.admit_one(object_id)
+    transform = validate.following(completed(validate))
+    assert transform is not None
+    before = await snapshot(isolated.sessionmaker, object_id)
+
+    # transform's result, read before validate's was applied (by another instance, or after a failure).
+    with pytest.raises(ResultAheadError):
+        await isolated.complete(completed(transform))
+
+    after = await snapshot(isolated.sessionmaker, object_id)
+    assert after.obj.current_operation == "validate"
+    assert after.obj.operations_status == before.obj.operations_status
+    assert len(after.events) == len(before.events)
+    # Once validate's result is applied, transform's applies.
+    await isolated.complete(completed(validate))
+    await isolated.complete(completed(transform))
+    assert (await snapshot(isolated.sessionmaker, object_id)).obj.current_operation == "analyze"
 
 
 async def test_failed_result_changes_nothing_when_stale(isolated: Pipeline) -> None:
@@ -616,7 +659,9 @@ async def test_cancel_replies_not_found_when_no_such_object(shared: Pipeline) ->
     assert applied.outbox == []
 
 
-async def test_cancel_of_processing_takes_effect_when_the_running_operation_completes(isolated: Pipeline) -> None:
+async def test_cancel_of_processing_takes_effect_when_the_executor_stops_after_the_running_operation(
+    isolated: Pipeline,
+) -> None:
     object_id = await isolated.submit(["validate", "analyze"])
     run = await isolated.admit_one(object_id)
 
@@ -626,6 +671,7 @@ async def test_cancel_of_processing_takes_effect_when_the_running_operation_comp
     assert applied.result.state is ObjectState.PROCESSING
     assert "running operation" in applied.result.detail
     assert [e.change for e in applied.progressed()] == ["cancel_requested"]
+    assert applied.cancelled_runs == [(object_id, run.task_id)]  # the executor is told, after commit
     snap = await snapshot(isolated.sessionmaker, object_id)
     assert snap.obj.state == "processing"
     assert snap.obj.cancel_requested is True
@@ -633,15 +679,59 @@ async def test_cancel_of_processing_takes_effect_when_the_running_operation_comp
     again = await isolated.cancel(object_id)
     assert again.result.outcome == "accepted"
     assert again.outbox == []
+    assert again.cancelled_runs == [(object_id, run.task_id)]  # told again: the first word may have been lost
 
-    result = await isolated.complete(completed(run))
+    done = completed(run)
+    result = await isolated.complete(done)
 
-    assert result.runs() == []  # analyze is never dispatched
-    assert result.admission_needed
+    # The executor, told, does not start analyze and says so; until then, the object waits for it.
+    assert result.runs() == []
+    assert result.cancelled_runs == [(object_id, run.task_id)]
+    assert (await snapshot(isolated.sessionmaker, object_id)).obj.state == "processing"
+    analyze = run.following(done)
+    assert analyze is not None
+
+    stopped = await isolated.not_started(not_started(analyze))
+
+    assert stopped.runs() == []
+    assert stopped.admission_needed
     snap = await snapshot(isolated.sessionmaker, object_id)
     assert snap.obj.state == "cancelled"
     assert snap.obj.operations_status["validate"]["completed"] is True
+    assert snap.obj.operations_status["analyze"]["completed"] is False
     assert snap.transitions[-1] == ("processing", "cancelled", "cancel")
+    # A copy of the report changes nothing.
+    assert (await isolated.not_started(not_started(analyze))).outbox == []
+
+
+async def test_cancel_of_processing_takes_effect_after_the_last_operation_if_the_executor_was_not_told(
+    isolated: Pipeline,
+) -> None:
+    object_id = await isolated.submit(["validate", "analyze"])
+    validate = await isolated.admit_one(object_id)
+    await isolated.cancel(object_id)
+    analyze = await isolated.finish_next(validate)  # Redis lost the word: the executor went on
+    assert analyze is not None
+
+    result = await isolated.complete(completed(analyze))
+
+    assert result.admission_needed
+    snap = await snapshot(isolated.sessionmaker, object_id)
+    assert snap.obj.state == "cancelled"
+    assert snap.transitions[-1] == ("processing", "cancelled", "cancel")
+
+
+async def test_an_operation_not_started_without_a_cancellation_is_sent_again(isolated: Pipeline) -> None:
+    object_id = await isolated.submit(["validate", "analyze"])
+    validate = await isolated.admit_one(object_id)
+    analyze = await isolated.finish_next(validate)
+    assert analyze is not None
+
+    applied = await isolated.not_started(not_started(analyze))
+
+    [again] = applied.runs()
+    assert (again.operation, again.resent, again.then) == (Operation.ANALYZE, True, [])
+    assert (await snapshot(isolated.sessionmaker, object_id)).obj.state == "processing"
 
 
 async def test_cancel_replies_conflict_when_completed(isolated: Pipeline) -> None:
