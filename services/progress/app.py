@@ -4,7 +4,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from faststream.redis import StreamSub
 from redis.asyncio import Redis
 from sqlalchemy import text
 
@@ -15,6 +14,7 @@ from libs.common.errors import ServiceError
 from libs.common.events import ObjectProgressedV1
 from libs.common.events.streams import OBJECT_EVENTS
 from libs.common.ratelimit import StreamSlots
+from services.progress import events
 from services.progress.hub import Hub
 from services.progress.routes import router
 from services.progress.service import ProgressStreams
@@ -28,10 +28,19 @@ def create_app(settings: ProgressSettings) -> FastAPI:
     hub = Hub(settings.subscriber_queue_size)
 
     # No consumer group: every progress instance reads every event (XREAD from "$"), since any of them may hold
-    # subscribers of any object.
-    @broker.subscriber(stream=StreamSub(OBJECT_EVENTS, polling_interval=1000), title="object-events")
-    async def on_object_event(event: ObjectProgressedV1) -> None:
-        hub.publish(event)
+    # subscribers of any object; a read at a time, decoding only the events of objects followed here.
+    parse, decode = events.reader(hub)
+
+    @broker.subscriber(
+        stream=events.SUBSCRIPTION,
+        parser=parse,
+        decoder=decode,
+        title="object-events",
+        description="Read in batches; each stream entry holds one of these messages.",
+    )
+    async def on_object_events(body: list[ObjectProgressedV1]) -> None:
+        for event in body:
+            hub.publish(event)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

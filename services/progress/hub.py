@@ -40,6 +40,10 @@ class Hub:
     def subscriber_count(self) -> int:
         return sum(len(subs) for subs in self._subscriptions.values())
 
+    def follows(self, object_id: UUID) -> bool:
+        """Whether any subscriber of this instance waits for this object's events."""
+        return object_id in self._subscriptions
+
     @contextmanager
     def subscribe(self, object_id: UUID) -> Iterator[Subscription]:
         # Unbounded: `publish` keeps the bound, leaving room for the overflow marker after the last update.
