@@ -25,7 +25,7 @@ help:
 	python3 -m venv .tools
 	.tools/bin/pip install --quiet "uv==$(UV_VERSION)"
 
-$(VENV)/.synced: pyproject.toml uv.lock | $(if $(filter .tools/bin/uv,$(UV)),.tools/bin/uv)
+$(VENV)/.synced: pyproject.toml uv.lock Makefile | $(if $(filter .tools/bin/uv,$(UV)),.tools/bin/uv)
 	$(UV) sync --frozen --python python3 --compile-bytecode
 	@touch $@
 

@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from faststream import AckPolicy
@@ -104,7 +105,9 @@ class Executor:
         lock_key = running_operation_key(step.object_id, step.operation, step.task_id)
         ran_before = await self._hold(redis, lock_key)
         try:
-            may_be_done = ran_before or redelivered or step.resent
+            # A command this old may be a late duplicate of one whose DONE mark has expired: look for its artifact.
+            stale = datetime.now(UTC) - step.occurred_at > timedelta(milliseconds=DONE_TTL_MS)
+            may_be_done = ran_before or redelivered or step.resent or stale
             async with self._reporting_start(runner.started(step)):
                 result = await runner.run(step, may_be_done=may_be_done)
             following = step.following(result) if isinstance(result, OperationCompletedV1) else None
@@ -179,8 +182,11 @@ class Executor:
         if self.runner is None:
             raise RuntimeError("executor not started")
         step: RunOperationV1 | None = command
-        while step is not None and (stored := await self.runner.stored_result(step)) is not None:
-            step = step.following(stored)
+        try:
+            while step is not None and (stored := await self.runner.stored_result(step)) is not None:
+                step = step.following(stored)
+        except Exception:  # S3 unreachable: fail at the operation reached; if it is stale, that changes nothing
+            log.warning("give_up.artifacts_unreadable", exc_info=True)
         if step is None:  # every operation completed; their results were published, or a re-send reports them
             return
         await self._publish(

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from libs.common.events.streams import DATA_FIELD, ORCHESTRATOR_GROUP, as_text
 from libs.common.reclaim import dead_letter
+from services.orchestrator.service import ResultAheadError
 from services.orchestrator.settings import OrchestratorSettings
 
 log = structlog.get_logger()
@@ -101,6 +102,8 @@ class StreamBatch(Generic[M]):
         for entry_id, error in zip(message.entry_ids, errors, strict=True):
             if error is None:
                 done.append(entry_id)
+            elif isinstance(error, ResultAheadError):  # not a failure: it waits, pending, for its object's earlier one
+                log.info("message.waits", stream=self.stream, entry_id=entry_id, reason=str(error))
             else:  # left pending: the Reclaimer runs it again once it has been idle for CLAIM_IDLE_MS
                 log.error("message.failed", stream=self.stream, entry_id=entry_id, exc_info=error)
         if done:

@@ -213,7 +213,7 @@ class Orchestrator:
                 for object_id, task_id in runs:
                     pipe.set(cancel_requested_key(object_id, task_id), b"1", px=CANCEL_KEY_TTL_MS)
                 await pipe.execute()
-        except RedisError:
+        except Exception:  # committed: a failure here must never make the batch run again
             log.warning("cancellation.not_told", count=len(runs), exc_info=True)
 
     async def admit(self) -> int:
@@ -287,7 +287,8 @@ class Orchestrator:
                 return Job(lambda uow: service.operation_cancelled(uow, event), context, event.object_id)
 
     async def redispatch_lost(self, older_than_seconds: float) -> int:
-        """Re-send every running operation sent more than `older_than_seconds` ago that Redis has lost track of."""
+        """Send again the remaining operations of every object whose running operation was handed over more than
+        `older_than_seconds` ago and that Redis has lost track of."""
         before = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
         async with self.sessionmaker() as session:
             in_flight = await ObjectRepository(session).in_flight_dispatched_before(before)

@@ -8,7 +8,6 @@ data, or an entry was deleted by hand) and is re-sent from PostgreSQL.
 """
 
 from collections.abc import Sequence
-from uuid import UUID
 
 import orjson
 from redis.asyncio import Redis
@@ -27,8 +26,8 @@ from services.orchestrator.repository import InFlight
 PENDING_SCAN_LIMIT = 10_000
 
 
-async def lost_operations(redis: Redis, in_flight: Sequence[InFlight]) -> list[UUID]:
-    """The objects among `in_flight` whose running operation has no trace in Redis."""
+async def lost_operations(redis: Redis, in_flight: Sequence[InFlight]) -> list[InFlight]:
+    """Those of `in_flight` whose running operation has no trace in Redis."""
     if not in_flight:
         return []
     try:
@@ -49,7 +48,7 @@ async def lost_operations(redis: Redis, in_flight: Sequence[InFlight]) -> list[U
         holders = await pipe.execute()
     # A key saying RUN_DONE means the run finished but its result never arrived: that is lost work too.
     return [
-        item.object_id
+        item
         for item, holder in zip(in_flight, holders, strict=True)
         if holder in (None, RUN_DONE) and str(item.object_id) not in pending_objects
     ]

@@ -36,7 +36,7 @@ from libs.common.events import (
 from libs.common.events.streams import OBJECT_EVENTS, OPERATION_COMMANDS
 from libs.common.progress import build_progress_document
 from services.orchestrator.machine import next_state
-from services.orchestrator.repository import ObjectRepository
+from services.orchestrator.repository import InFlight, ObjectRepository
 
 log = structlog.get_logger()
 
@@ -220,6 +220,7 @@ class ObjectService:
         following = self._pending_operations(obj)
         if following:
             self._make_current(obj, following[0])
+            obj.dispatched_at = _now()  # handed over now: the in-flight check counts from here
             if obj.cancel_requested:  # told again: the first word may have been lost with Redis
                 uow.cancelled_runs.append((obj.id, obj.task_id))
         self._record_change(uow, obj, "operation_completed")
@@ -237,7 +238,7 @@ class ObjectService:
         # Only a cancellation sets the key the executor looked at, and it is the run's own: this cannot happen, but
         # if it did, the object must not wait forever for an operation nobody runs.
         log.warning("result.cancelled_without_request", object_id=str(obj.id), operation=event.operation)
-        self._dispatch_next(uow, obj, resent=True)
+        self._dispatch_remaining(uow, obj, resent=True)
 
     async def operation_failed(self, uow: UnitOfWork, event: OperationFailedV1) -> None:
         obj = await self._lock_for_result(uow, event)
@@ -264,7 +265,7 @@ class ObjectService:
         for obj in admitted:
             self._transition(uow, obj, "start")
             obj.started_at = _now()
-            if self._dispatch_next(uow, obj):
+            if self._dispatch_remaining(uow, obj):
                 self._record_change(uow, obj, "state_changed")
             else:  # every operation already completed (a retry after the last one succeeded)
                 self._record_change(uow, obj, "state_changed")
@@ -273,16 +274,22 @@ class ObjectService:
             log.info("objects.admitted", count=len(admitted), ids=[str(obj.id) for obj in admitted])
         return len(admitted)
 
-    async def redispatch(self, uow: UnitOfWork, ids: Sequence[UUID], dispatched_before: datetime) -> int:
-        """Re-send the running operation of the given processing objects (their command was lost). Executors skip
-        work whose artifact exists and the orchestrator ignores results it already applied, so a needless re-send
-        costs a little and loses nothing."""
-        objects = await uow.objects.lock_in_flight(ids, dispatched_before)
+    async def redispatch(self, uow: UnitOfWork, lost: Sequence[InFlight], dispatched_before: datetime) -> int:
+        """Send again the operations not yet completed of processing objects whose command was lost (each `lost` names
+        the operation found with no trace). Executors skip work whose artifact exists and the orchestrator ignores
+        results it already applied, so a needless re-send costs a little and loses nothing. An object whose chain
+        moved on meanwhile is left alone; one whose cancellation was requested is cancelled, as nothing runs for it."""
+        running = {item.object_id: item.operation for item in lost}
+        objects = [
+            obj
+            for obj in await uow.objects.lock_in_flight(list(running), dispatched_before)
+            if obj.current_operation == running[obj.id]
+        ]
         for obj in objects:
             if obj.cancel_requested:  # nothing runs for it any more: the cancellation takes effect now
                 self._finish(uow, obj, "cancel")
                 continue
-            self._dispatch_next(uow, obj, resent=True)
+            self._dispatch_remaining(uow, obj, resent=True)
         if objects:
             log.warning("objects.redispatched", count=len(objects), ids=[str(obj.id) for obj in objects])
         return len(objects)
@@ -335,7 +342,7 @@ class ObjectService:
         obj.current_operation = operation
         obj.operations_status = {**obj.operations_status, operation: {"completed": False}}
 
-    def _dispatch_next(self, uow: UnitOfWork, obj: ProcessingObject, *, resent: bool = False) -> bool:
+    def _dispatch_remaining(self, uow: UnitOfWork, obj: ProcessingObject, *, resent: bool = False) -> bool:
         """Send the operations not yet completed, as one chain, to the executors. False when none is left."""
         pending = self._pending_operations(obj)
         if not pending:

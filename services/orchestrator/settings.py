@@ -15,6 +15,6 @@ class OrchestratorSettings(ServiceSettings, DatabaseSettings, ConcurrencySetting
     """A consumer (a service instance) that holds nothing and has not read for this long is removed from its group."""
     maintenance_interval_seconds: float = Field(default=30.0, gt=0)
     redispatch_after_seconds: float = Field(default=60.0, gt=0)
-    """A running operation sent this long ago, with no executor holding it and no command for it left in Redis,
-    is sent again from PostgreSQL."""
+    """A running operation handed over this long ago, with no executor holding it and no command for it left in
+    Redis, is sent again from PostgreSQL (with the object's operations after it)."""
     redispatch_check_seconds: float = Field(default=10.0, gt=0)

@@ -36,7 +36,7 @@ class FollowedEvents(RedisBatchStreamMessage):
             try:
                 if hub.follows(UUID(orjson.loads(body)["object_id"])):
                     self.events.append(ObjectProgressedV1.model_validate_json(body))
-            except (KeyError, TypeError, ValueError) as exc:  # JSON and validation errors are ValueErrors
+            except (AttributeError, KeyError, TypeError, ValueError) as exc:  # JSON, validation: ValueErrors
                 log.warning("event.malformed", stream=OBJECT_EVENTS, error=str(exc)[:200])
         super().__init__(raw, self.events, consumer=FAKE_CONSUMER, group=None)
 

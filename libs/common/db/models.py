@@ -54,7 +54,8 @@ class ProcessingObject(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    """When the running operation's command was last sent: the in-flight check re-sends it when it is lost."""
+    """When the running operation was handed over (its chain sent, or the one before it completed): the in-flight
+    check sends the rest again when it is lost."""
 
     __table_args__ = (
         UniqueConstraint("tenant", "identifier", name="uq_processing_object_tenant_identifier"),

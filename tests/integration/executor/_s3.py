@@ -21,7 +21,8 @@ def command(operation: str, *, index: int = 0, total: int = 1, **fields: Any) ->
 
 
 def following(previous: RunOperationV1, done: OperationCompletedV1, operation: str, **fields: Any) -> RunOperationV1:
-    """The next operation of the same object, on the data the previous one left (as the orchestrator chains them)."""
+    """A command for the next operation of the same object, on the data the previous one left (as the executor goes
+    on with a chain: `RunOperationV1.following`), with any operation."""
     data: dict[str, Any] = {"data_url": previous.data_url, "data_format": previous.data_format}
     if done.output_url is not None:
         data = {"data_url": done.output_url, "data_format": done.output_format}

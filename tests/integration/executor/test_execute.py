@@ -2,6 +2,7 @@
 in what order."""
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 from uuid import uuid4
 
@@ -13,7 +14,7 @@ from types_aiobotocore_s3 import S3Client
 from libs.common.domain import Operation, artifact_key
 from libs.common.events import ChainedOperation, RunOperationV1
 from libs.common.events.streams import DATA_FIELD, OPERATION_RESULTS, cancel_requested_key
-from services.executor.handlers import Executor
+from services.executor.handlers import DONE_TTL_MS, Executor
 from services.executor.service import OperationRunner, Result
 from services.executor.settings import ExecutorSettings
 from tests.integration.executor._s3 import command, completed_of, exists, read_json
@@ -136,3 +137,18 @@ async def test_a_chain_given_up_fails_its_object_at_the_operation_it_could_not_g
         ("operation.failed.v1", "validate", 0, "gave up: delivered 5 times"),
         ("operation.failed.v1", "transform", 1, "gave up: delivered 5 times"),
     ]
+
+
+async def test_a_command_older_than_the_done_mark_reports_a_stored_artifact_instead_of_running_again(
+    clean: Redis, runner: OperationRunner, redis_url: str
+) -> None:
+    run = command("validate", payload={"a": 1})
+    first = completed_of(await runner.run(run))
+    # A late duplicate (its DONE mark expired): not a redelivery, not re-sent, but old.
+    late = run.model_copy(update={"occurred_at": datetime.now(UTC) - timedelta(milliseconds=DONE_TTL_MS + 1000)})
+
+    await executor(clean, runner, redis_url, delay_ms=5_000).execute(late, "0-1")
+
+    [again] = await reported(clean)
+    assert again["type"] == "operation.completed.v1"
+    assert datetime.fromisoformat(again["started_at"]) == first.started_at, "reported from the artifact, not re-run"

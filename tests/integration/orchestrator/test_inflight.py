@@ -2,6 +2,7 @@
 object's chain of operations apply in order."""
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import cast
 from uuid import UUID, uuid4
 
@@ -24,7 +25,8 @@ from libs.common.events.streams import (
 )
 from services.orchestrator.handlers import Orchestrator
 from services.orchestrator.outbox import OutboxRelay
-from services.orchestrator.service import ObjectService, ResultAheadError
+from services.orchestrator.repository import InFlight
+from services.orchestrator.service import ObjectService, ResultAheadError, UnitOfWork
 
 
 @pytest.fixture
@@ -180,3 +182,24 @@ async def test_a_result_whose_objects_earlier_one_never_comes_is_left_pending(or
 async def _first_command(redis: Redis) -> RunOperationV1:
     entries = cast(list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(OPERATION_COMMANDS))
     return RunOperationV1.model_validate_json(entries[0][1][DATA_FIELD.encode()])
+
+
+async def test_an_object_whose_chain_moved_on_since_it_was_found_is_left_alone(
+    orchestrator: Orchestrator, redis: Redis, isolated_sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    object_id = await submit(orchestrator, ["validate", "transform"])
+    command = await _first_command(redis)
+    await orchestrator.handle_command(CancelObjectV1(object_id=object_id))
+    found = InFlight(object_id, "validate", command.task_id)  # found with no trace of validate in Redis...
+    await orchestrator.handle_results([_result(command, Operation.VALIDATE, 0)])  # ...but it completed meanwhile
+
+    async with isolated_sessionmaker.begin() as session:
+        uow = UnitOfWork(session)
+        assert await orchestrator.service.redispatch(uow, [found], datetime.now(UTC)) == 0
+        await uow.flush()
+
+    async with isolated_sessionmaker() as session:
+        obj = await session.get(ProcessingObject, object_id)
+    assert obj is not None
+    # Still waiting for the executor to stop after validate (operation.cancelled.v1), not cancelled under it.
+    assert (obj.state, obj.current_operation) == ("processing", "transform")

@@ -50,6 +50,7 @@ def test_a_malformed_entry_is_skipped_without_losing_the_rest() -> None:
                 b"not json",
                 None,
                 b'{"no": "object id"}',
+                b'{"object_id": 123}',
                 orjson.dumps(broken),
                 good.model_dump_json().encode(),
             ),
