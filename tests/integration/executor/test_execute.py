@@ -152,3 +152,18 @@ async def test_a_command_older_than_the_done_mark_reports_a_stored_artifact_inst
     [again] = await reported(clean)
     assert again["type"] == "operation.completed.v1"
     assert datetime.fromisoformat(again["started_at"]) == first.started_at, "reported from the artifact, not re-run"
+
+
+async def test_a_chain_taken_over_midway_reports_what_completed_and_goes_on_from_its_output(
+    clean: Redis, runner: OperationRunner, redis_url: str, s3: S3Client
+) -> None:
+    run = chain("transform", "analyze", payload=[{"A ": " x "}])
+    first = completed_of(await runner.run(run))  # the executor that died had completed transform
+
+    await executor(clean, runner, redis_url, delay_ms=5_000).execute(run, "0-1", redelivered=True)
+
+    transform, analyze = await reported(clean)
+    assert datetime.fromisoformat(transform["started_at"]) == first.started_at, "reported from its artifact"
+    assert transform["output_url"] == first.output_url
+    assert analyze["type"] == "operation.completed.v1"
+    assert (await read_json(s3, analyze["s3_url"]))["input"]["url"] == first.output_url
