@@ -37,6 +37,49 @@ OBJECTS = cast(Table, ProcessingObject.__table__)
 
 PROCESSING_COUNT = select(func.count()).where(OBJECTS.c.state == ObjectState.PROCESSING.value).scalar_subquery()
 
+# The statements of every transaction, built once with their values as parameters: building one (its clauses, then
+# its cache key) cost more CPU than running it, and an admission check runs with every submission.
+_LOCKED = {"populate_existing": True}
+LOCK = (
+    select(ProcessingObject)
+    .where(ProcessingObject.id == bindparam("id"))
+    .with_for_update()
+    .execution_options(**_LOCKED)
+)
+LOCK_ALL = (
+    select(ProcessingObject)
+    .where(ProcessingObject.id == any_(bindparam("ids", type_=ARRAY(Uuid))))
+    .order_by(ProcessingObject.id)
+    .with_for_update()
+    .execution_options(**_LOCKED)
+)
+LOCK_BY_IDENTIFIER = (
+    select(ProcessingObject)
+    .where(ProcessingObject.tenant == bindparam("tenant"), ProcessingObject.identifier == bindparam("identifier"))
+    .with_for_update()
+    .execution_options(**_LOCKED)
+)
+LOCK_ADMISSION = select(func.pg_advisory_xact_lock(ADMISSION_LOCK_KEY))
+# CASE evaluates its branch only when the condition holds, so a full cap takes no lock.
+LOCK_ADMISSION_IF_BELOW = select(
+    case(
+        (
+            bindparam("cap", type_=Integer) > PROCESSING_COUNT,
+            cast_(func.pg_advisory_xact_lock(ADMISSION_LOCK_KEY), Text) == "",
+        ),
+        else_=False,
+    )
+)
+# SKIP LOCKED: an object being cancelled right now is passed over rather than waited for.
+LOCK_OLDEST_QUEUED_WITHIN = (
+    select(ProcessingObject)
+    .where(ProcessingObject.state == ObjectState.QUEUED.value)
+    .order_by(ProcessingObject.queued_at, ProcessingObject.id)
+    .limit(func.greatest(bindparam("cap", type_=Integer) - PROCESSING_COUNT, 0))
+    .with_for_update(skip_locked=True)
+    .execution_options(**_LOCKED)
+)
+
 
 INSERT_IF_NEW = (
     insert(ProcessingObject)
@@ -72,66 +115,36 @@ class ObjectRepository:
         return created.all()
 
     async def lock(self, object_id: UUID) -> ProcessingObject | None:
-        return await self.session.scalar(
-            select(ProcessingObject)
-            .where(ProcessingObject.id == object_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
+        return await self.session.scalar(LOCK, {"id": object_id})
 
     async def lock_all(self, object_ids: Iterable[UUID]) -> Sequence[ProcessingObject]:
         """Lock the objects that exist of these, in id order: two transactions locking overlapping sets that way
         wait for each other instead of deadlocking."""
-        result = await self.session.scalars(
-            select(ProcessingObject)
-            .where(ProcessingObject.id == any_(bindparam("ids", sorted(set(object_ids)), type_=ARRAY(Uuid))))
-            .order_by(ProcessingObject.id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
-        return result.all()
+        return (await self.session.scalars(LOCK_ALL, {"ids": sorted(set(object_ids))})).all()
 
     async def lock_by_identifier(self, tenant: str, identifier: str) -> ProcessingObject | None:
-        return await self.session.scalar(
-            select(ProcessingObject)
-            .where(ProcessingObject.tenant == tenant, ProcessingObject.identifier == identifier)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
+        return await self.session.scalar(LOCK_BY_IDENTIFIER, {"tenant": tenant, "identifier": identifier})
 
     async def lock_admission(self) -> None:
         # Counting `processing` rows and then admitting is a read-then-write: two instances doing it at once could
         # both see a free slot. The advisory lock serialises that short section across every orchestrator instance;
         # row locks alone cannot, because the rows that would conflict do not exist yet.
-        await self.session.execute(select(func.pg_advisory_xact_lock(ADMISSION_LOCK_KEY)))
+        await self.session.execute(LOCK_ADMISSION)
 
     async def lock_admission_if_below(self, cap: int) -> bool:
         """Take the admission lock only if fewer than `cap` objects are processing, as this statement's snapshot sees
         them; False, at once, if not. One round trip for the unlocked look and the lock: with a backlog, every
-        transaction that queues an object asks, and the cap is nearly always full. (CASE evaluates its branch only
-        when the condition holds, so a full cap takes no lock.)"""
+        transaction that queues an object asks, and the cap is nearly always full."""
         await self.session.flush()  # the count must see this transaction's own state changes
-        locked = case(
-            (cap > PROCESSING_COUNT, cast_(func.pg_advisory_xact_lock(ADMISSION_LOCK_KEY), Text) == ""), else_=False
-        )
         connection = await self.session.connection()
-        return bool(await connection.scalar(select(locked)))
+        return bool(await connection.scalar(LOCK_ADMISSION_IF_BELOW, {"cap": cap}))
 
     async def lock_oldest_queued_within(self, cap: int) -> Sequence[ProcessingObject]:
         """Lock the oldest queued objects, as many as there are free slots under `cap`. One statement: the count of
         `processing` rows is its LIMIT. Call it holding the admission lock, and in a statement after the one that
         took it: the statement's snapshot must include every admission committed before the lock was ours."""
         await self.session.flush()  # the count must see this transaction's own state changes
-        # SKIP LOCKED: an object being cancelled right now is passed over rather than waited for.
-        result = await self.session.scalars(
-            select(ProcessingObject)
-            .where(ProcessingObject.state == ObjectState.QUEUED.value)
-            .order_by(ProcessingObject.queued_at, ProcessingObject.id)
-            .limit(func.greatest(cap - PROCESSING_COUNT, 0))
-            .with_for_update(skip_locked=True)
-            .execution_options(populate_existing=True)
-        )
-        return result.all()
+        return (await self.session.scalars(LOCK_OLDEST_QUEUED_WITHIN, {"cap": cap})).all()
 
     async def in_flight_dispatched_before(self, before: datetime) -> Sequence[InFlight]:
         """Processing objects whose running operation was sent before `before` (read, not locked)."""
