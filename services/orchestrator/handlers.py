@@ -49,6 +49,7 @@ from services.orchestrator.settings import OrchestratorSettings
 
 log = structlog.get_logger()
 T = TypeVar("T")
+UseCase = Callable[[UnitOfWork], Awaitable[T]]
 
 AHEAD_RETRY_DELAYS_S = (0.01, 0.03, 0.1, 0.3)
 """How long a result that came before its object's earlier one waits for it, in this handler, before it is left
@@ -56,7 +57,6 @@ pending for the Reclaimer."""
 CANCEL_KEY_TTL_MS = 3_600_000
 """How long the word of a cancellation stays for the executor: longer than any operation runs (each later result
 of the object says it again anyway)."""
-UseCase = Callable[[UnitOfWork], Awaitable[T]]
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,7 @@ class Orchestrator:
                 await self._run_batch([queued])
             return
         for queued, result in zip(batch, results, strict=True):
-            if isinstance(result, ResultAheadError):
+            if isinstance(result, BaseException):  # a use case that could not apply yet (see _transaction)
                 _settle(queued.future, error=result)
             else:
                 _settle(queued.future, result=result)
