@@ -4,8 +4,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
+from aiohttp_s3_client import S3Client as ObjectClient
+from aiohttp_s3_client.credentials import StaticCredentials
 from botocore.handlers import add_expect_header
 from botocore.utils import determine_content_length
 from types_aiobotocore_s3 import S3Client
@@ -34,6 +37,27 @@ async def s3_client(settings: S3Settings, max_pool_connections: int = 10) -> Asy
     ) as client:
         expect_continue_for_large_bodies_only(client.meta.events)
         yield client
+
+
+@asynccontextmanager
+async def s3_objects(settings: S3Settings, max_connections: int = 10) -> AsyncIterator[ObjectClient]:
+    """A lean client for single-request object PUTs and GETs (aiohttp-s3-client: a signed aiohttp request).
+
+    botocore spends about 1 ms of CPU on each request (parameter validation, endpoint rules, event hooks, the
+    User-Agent rebuilt every time, response parsing); this client, about 0.35 ms on the same small PUT. An executor
+    makes five such requests per object, so it uses this one for them and botocore's for the rest (multipart
+    uploads, presigned URLs, health checks). Path-style addressing, as botocore uses with an endpoint URL."""
+    endpoint = settings.s3_endpoint_url or f"https://s3.{settings.s3_region}.amazonaws.com"
+    credentials = StaticCredentials(
+        access_key_id=settings.aws_access_key_id.get_secret_value(),
+        secret_access_key=settings.aws_secret_access_key.get_secret_value(),
+        region=settings.s3_region,
+    )
+    # The same limits as s3_client's: connect_timeout 5 s, read_timeout 30 s, a pool of max_connections.
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=30)
+    connector = aiohttp.TCPConnector(limit=max_connections)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False) as session:
+        yield ObjectClient(session, endpoint, credentials=credentials)
 
 
 EXPECT_CONTINUE_MIN_BYTES = 2 * 1024 * 1024

@@ -9,7 +9,7 @@ from faststream.asgi.types import Scope
 from redis.asyncio import Redis
 
 from libs.common.broker import ensure_topology, make_broker, supervise_subscribers
-from libs.common.s3 import s3_client
+from libs.common.s3 import s3_client, s3_objects
 from services.executor.handlers import reclaimer, register
 from services.executor.service import OperationRunner
 from services.executor.settings import ExecutorSettings
@@ -33,6 +33,7 @@ def create_app(settings: ExecutorSettings) -> AsgiFastStream:
                 settings.storage_attempts,
                 settings.storage_backoff_seconds,
                 settings.s3_presign_expiry_seconds,
+                objects=await stack.enter_async_context(s3_objects(settings)),
             )
             executor.redis = redis
             executor.runner = OperationRunner(

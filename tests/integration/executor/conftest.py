@@ -1,10 +1,11 @@
 from collections.abc import AsyncIterator
 
 import pytest
+from aiohttp_s3_client import S3Client as ObjectClient
 from botocore.exceptions import ClientError
 from types_aiobotocore_s3 import S3Client
 
-from libs.common.s3 import s3_client
+from libs.common.s3 import s3_client, s3_objects
 from libs.common.settings import S3Settings
 from services.executor.service import OperationRunner
 from services.executor.storage import Storage
@@ -30,9 +31,16 @@ async def s3(s3_settings: S3Settings) -> AsyncIterator[S3Client]:
         yield client
 
 
+@pytest.fixture(scope="session")
+async def objects(s3_settings: S3Settings) -> AsyncIterator[ObjectClient]:
+    async with s3_objects(s3_settings) as client:
+        yield client
+
+
 @pytest.fixture
-def storage(s3: S3Client, bucket: str) -> Storage:
-    return Storage(s3, bucket, attempts=2, backoff_seconds=0.01, presign_expiry=PRESIGN_EXPIRY)
+def storage(s3: S3Client, objects: ObjectClient, bucket: str) -> Storage:
+    """As an executor builds it: single-request PUTs and GETs through the lean client."""
+    return Storage(s3, bucket, attempts=2, backoff_seconds=0.01, presign_expiry=PRESIGN_EXPIRY, objects=objects)
 
 
 @pytest.fixture

@@ -1,14 +1,20 @@
 """Storage against an S3 endpoint: streamed reads, and uploads of any size that never leave a partial object."""
 
+import contextlib
 import hashlib
 import os
+from collections.abc import AsyncIterator
 from typing import Any, cast
 from uuid import uuid4
 
 import pytest
+from aiohttp import web
 from botocore.exceptions import ClientError
 from types_aiobotocore_s3 import S3Client
 
+from deploy.local.stack import free_port
+from libs.common.s3 import s3_objects
+from libs.common.settings import S3Settings
 from services.executor.storage import (
     PART_SIZE,
     ObjectMissingError,
@@ -184,3 +190,95 @@ class TestStorage:
         url = await storage.presign(name)
         assert name in url
         assert "Expires=" in url or "X-Amz-Expires=" in url
+
+
+class ErrorEndpoint:
+    """An HTTP endpoint that answers every request as S3 answers an error (status and XML `<Code>`), counting them:
+    the answers a lean client must classify, which the S3 server used here cannot be made to give."""
+
+    def __init__(self, status: int, code: str) -> None:
+        self.status, self.code, self.requests = status, code, 0
+
+    async def handle(self, _: web.Request) -> web.Response:
+        self.requests += 1
+        body = f"<?xml version='1.0'?><Error><Code>{self.code}</Code><Message>no</Message></Error>"
+        return web.Response(status=self.status, text=body, content_type="application/xml")
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[str]:
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", self.handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def lean_storage(storage: Storage, endpoint: str, attempts: int = 2) -> AsyncIterator[Storage]:
+    settings = S3Settings(s3_endpoint_url=endpoint, s3_bucket=storage.bucket)
+    async with s3_objects(settings) as objects:
+        yield Storage(storage.client, storage.bucket, attempts, 0.01, storage.presign_expiry, objects=objects)
+
+
+class TestLeanClient:
+    """The single-request PUTs and GETs an executor makes through `s3_objects` (the `storage` fixture's)."""
+
+    async def test_put_stores_content_type_and_metadata(self, storage: Storage, s3: S3Client) -> None:
+        assert storage.objects is not None
+        name = key()
+        await storage.put(name, b"[1, 2]", "application/json", {"object-id": "o-9"})
+        head = await s3.head_object(Bucket=storage.bucket, Key=name)
+        assert (head["ContentType"], head["Metadata"], head["ContentLength"]) == (
+            "application/json",
+            {"object-id": "o-9"},
+            6,
+        )
+
+    async def test_a_key_that_needs_escaping_is_read_back(self, storage: Storage, s3: S3Client) -> None:
+        name = f"it-storage/{uuid4().hex}/a b+c~d%e=f.csv"  # a user's data_url may name any key
+        url = await upload(s3, storage.bucket, name, b"id\n1\n", content_type="text/csv")
+        assert await storage.get(url, max_bytes=100) == (b"id\n1\n", "text/csv")
+        async with storage.open(url, chunk_size=2) as (chunks, content_type):
+            assert (b"".join([c async for c in chunks]), content_type) == (b"id\n1\n", "text/csv")
+        await storage.put(name, b"id\n2\n", "text/csv")
+        assert await read(s3, url) == (b"id\n2\n", "text/csv")
+
+    async def test_get_refuses_an_object_above_the_limit(self, storage: Storage, s3: S3Client) -> None:
+        url = await upload(s3, storage.bucket, key(), b"x" * 11)
+        with pytest.raises(ValueError, match="is 11 bytes; the limit is 10"):
+            await storage.get(url, max_bytes=10)
+
+    async def test_an_absent_key_or_bucket_is_object_missing(self, storage: Storage) -> None:
+        with pytest.raises(ObjectMissingError):
+            await storage.get(storage.url(key()), max_bytes=10)
+        with pytest.raises(ObjectMissingError):
+            await storage.get(f"s3://absent-{uuid4().hex[:12]}/{key()}", max_bytes=10)
+        assert await storage.get_json_if_exists(key()) is None
+
+    async def test_a_refused_request_is_not_retried(self, storage: Storage) -> None:
+        endpoint = ErrorEndpoint(403, "AccessDenied")
+        async with endpoint.serving() as url, lean_storage(storage, url, attempts=5) as refused:
+            with pytest.raises(StorageRefusedError, match=r"S3 refused .*: AccessDenied"):
+                await refused.put(key(), b"x", "text/plain")
+        assert endpoint.requests == 1
+
+    @pytest.mark.parametrize(("status", "code"), [(503, "SlowDown"), (500, "InternalError"), (429, "TooManyRequests")])
+    async def test_a_transient_error_is_retried_then_unavailable(
+        self, storage: Storage, status: int, code: str
+    ) -> None:
+        endpoint = ErrorEndpoint(status, code)
+        async with endpoint.serving() as url, lean_storage(storage, url, attempts=3) as failing:
+            with pytest.raises(StorageUnavailableError, match="after 3 attempts"):
+                async with failing.open(storage.url(key()), chunk_size=1024):
+                    pass
+        assert endpoint.requests == 3
+
+    async def test_an_unreachable_endpoint_is_unavailable_after_every_attempt(self, storage: Storage) -> None:
+        async with lean_storage(storage, f"http://127.0.0.1:{free_port()}") as unreachable:
+            with pytest.raises(StorageUnavailableError, match="after 2 attempts"):
+                await unreachable.put(key(), b"x", "text/plain")
