@@ -15,6 +15,7 @@ from types_aiobotocore_s3 import S3Client
 from deploy.local.stack import free_port
 from libs.common.s3 import s3_objects
 from libs.common.settings import S3Settings
+from services.executor import storage as storage_module
 from services.executor.storage import (
     PART_SIZE,
     ObjectMissingError,
@@ -282,3 +283,44 @@ class TestLeanClient:
         async with lean_storage(storage, f"http://127.0.0.1:{free_port()}") as unreachable:
             with pytest.raises(StorageUnavailableError, match="after 2 attempts"):
                 await unreachable.put(key(), b"x", "text/plain")
+
+
+class TestHandoff:
+    """An output just written whole is read back from memory by the chain's next operation."""
+
+    async def read_all(self, storage: Storage, url: str) -> tuple[bytes, str | None]:
+        async with storage.open(url, chunk_size=4) as (chunks, content_type):
+            return b"".join([chunk async for chunk in chunks]), content_type
+
+    async def test_a_small_output_is_read_from_memory(self, storage: Storage, s3: S3Client) -> None:
+        name = key()
+        async with storage.upload(name, "application/x-ndjson") as output:
+            await output.write(b'{"a": 1}\n{"a": 2}\n')
+        await s3.delete_object(Bucket=storage.bucket, Key=name)  # gone from S3: only memory can answer now
+        assert await self.read_all(storage, output.url) == (b'{"a": 1}\n{"a": 2}\n', "application/x-ndjson")
+
+    async def test_an_output_kept_too_long_is_read_from_s3(
+        self, storage: Storage, s3: S3Client, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        name = key()
+        async with storage.upload(name, "text/csv") as output:
+            await output.write(b"a\n1\n")
+        await s3.put_object(Bucket=storage.bucket, Key=name, Body=b"a\n2\n", ContentType="text/csv")
+        monkeypatch.setattr(storage_module, "HANDOFF_SECONDS", 0.0)
+        assert await self.read_all(storage, output.url) == (b"a\n2\n", "text/csv")
+
+    async def test_only_small_outputs_and_the_latest_few_are_kept(
+        self, storage: Storage, s3: S3Client, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(storage_module, "HANDOFF_MAX_BYTES", 8)
+        names = [key() for _ in range(storage_module.HANDOFF_ENTRIES + 2)]
+        for name in names:
+            async with storage.upload(name, "text/plain") as output:
+                await output.write(b"small")
+        async with storage.upload(big := key(), "text/plain") as output:
+            await output.write(b"larger than eight")
+        for name in [*names, big]:
+            await s3.put_object(Bucket=storage.bucket, Key=name, Body=b"in s3", ContentType="text/plain")
+        read = [(await self.read_all(storage, storage.url(name)))[0] for name in [*names, big]]
+        # The two oldest were dropped, and the large one never kept: those three come from S3.
+        assert read == [b"in s3"] * 2 + [b"small"] * storage_module.HANDOFF_ENTRIES + [b"in s3"]
