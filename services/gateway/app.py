@@ -40,7 +40,8 @@ Requests are rate limited per key (`RateLimit-*` headers; 429 with `Retry-After`
 
 def create_app(settings: GatewaySettings) -> FastAPI:
     broker = make_broker(settings)
-    publisher = broker.publisher(
+    # CommandBus writes this stream with plain XADDs; the declaration documents it in AsyncAPI.
+    broker.publisher(
         stream=StreamSub(OBJECT_COMMANDS, maxlen=settings.stream_maxlen),
         schema=AnyObjectCommand,
         title="object-commands",
@@ -54,7 +55,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         await broker.start()
         commands = CommandBus(
             redis,
-            publisher,
+            settings.stream_maxlen,
             reply_channel(settings.service_name, settings.instance_id),
             settings.command_timeout_seconds,
         )

@@ -54,17 +54,17 @@ UNAVAILABLE: dict[int | str, dict[str, Any]] = {
 ObjectId = Annotated[UUID, Path(description="The object's id, as returned by POST /api/v1/process.")]
 
 
-def get_service(request: Request) -> GatewayService:
+async def get_service(request: Request) -> GatewayService:
     service: GatewayService = request.app.state.service
     return service
 
 
-def get_proxy(request: Request) -> StreamProxy:
+async def get_proxy(request: Request) -> StreamProxy:
     proxy: StreamProxy = request.app.state.proxy
     return proxy
 
 
-def get_keys(request: Request) -> ApiKeyService:
+async def get_keys(request: Request) -> ApiKeyService:
     keys: ApiKeyService = request.app.state.keys
     return keys
 
