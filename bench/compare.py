@@ -580,8 +580,12 @@ def _table(report: dict[str, Any]) -> Iterator[str]:
         yield (
             f"submit path at {paced['offered_per_s']:.0f}/s offered: {paced['accepted_per_s']:.0f}/s accepted, "
             f"p50 {paced['p50_ms']:.1f} ms, p99 {paced['p99_ms']:.1f} ms, {paced['errors']} errors; "
-            f"ceiling ({top['concurrency']} clients): {top['accepted_per_s']:.0f}/s, p50 {top['p50_ms']:.1f} ms, p99 {top['p99_ms']:.1f} ms "
-            f"(after {report.get('quiet_seconds_before_submit_path', 0):.0f} s for the fan-out's streams to close)"
+            f"ceiling ({top['concurrency']} clients): {top['accepted_per_s']:.0f}/s, p50 {top['p50_ms']:.1f} ms, p99 {top['p99_ms']:.1f} ms"
+            + (
+                f" (after {quiet:.0f} s for the fan-out's streams to close)"
+                if (quiet := report.get("quiet_seconds_before_submit_path"))
+                else ""
+            )
         )
     if (sse := report.get("sse")) and "error" in sse:
         yield f"sse: failed: {sse['error']}"
@@ -655,7 +659,8 @@ async def run_all(options: Options) -> dict[str, Any]:
             except Exception as exc:  # noqa: BLE001 - one failed probe must not lose the rest of the run
                 report["sse"] = {"error": f"{type(exc).__name__}: {exc}"}
             # Closing ten thousand streams keeps the progress service (and the kernel) busy for a while after.
-            report["quiet_seconds_before_submit_path"] = await _quiet(_stack_groups(stack))
+            if "error" not in report["sse"]:
+                report["quiet_seconds_before_submit_path"] = await _quiet(_stack_groups(stack))
             _say(f"submit path: {options.offered_rate:g}/s offered for {options.offered_seconds:g} s, then the ceiling")
             try:
                 offered = await _probes.offered_load(stack.base_url, options.offered_rate, options.offered_seconds)

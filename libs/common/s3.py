@@ -56,7 +56,10 @@ async def s3_objects(settings: S3Settings, max_connections: int = 10) -> AsyncIt
     # The same limits as s3_client's: connect_timeout 5 s, read_timeout 30 s, a pool of max_connections.
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=30)
     connector = aiohttp.TCPConnector(limit=max_connections)
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False) as session:
+    # trust_env: HTTP(S)_PROXY and NO_PROXY apply, as they do to botocore.
+    async with aiohttp.ClientSession(
+        timeout=timeout, connector=connector, auto_decompress=False, trust_env=True
+    ) as session:
         yield ObjectClient(session, endpoint, credentials=credentials)
 
 

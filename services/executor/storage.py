@@ -8,7 +8,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Any, NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar
 
 import aiohttp
 import structlog
@@ -19,7 +19,7 @@ from types_aiobotocore_s3 import S3Client
 from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
 from libs.common.retry import backoff_delay
-from libs.common.s3 import parse_s3_url
+from libs.common.s3 import EXPECT_CONTINUE_MIN_BYTES, parse_s3_url
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -27,6 +27,10 @@ T = TypeVar("T")
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "404", "NotFound"})
 _TRANSIENT_CODES = frozenset({"SlowDown", "RequestTimeout", "Throttling"})
 _ERROR_CODE = re.compile(rb"<Code>([^<]{1,64})</Code>")
+
+LEAN_REQUESTS_PER_ATTEMPT = 3
+"""Requests the lean client makes in one attempt, as botocore's client does (its standard retry mode, with
+`max_attempts` 3 in libs/common/s3.py): STORAGE_ATTEMPTS means the same on both paths."""
 
 
 class ObjectMissingError(LookupError):
@@ -67,6 +71,53 @@ class _ResponseError(Exception):
         self.code = code
 
 
+_FAILURES = (
+    ClientError,
+    _ResponseError,
+    ParamValidationError,
+    BotoCoreError,
+    aiohttp.ClientError,
+    OSError,
+    TimeoutError,
+)
+"""What a request to S3 can fail with; `_permanent` tells which of them retrying cannot help."""
+
+
+def _permanent(exc: BaseException, what: str) -> Exception | None:
+    """The error to raise at once for a failure of a request about `what` that retrying cannot help; None for one
+    that may pass (a 5xx, throttling, a timeout, a broken connection)."""
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    elif isinstance(exc, _ResponseError):
+        code, status = exc.code, exc.status
+    elif isinstance(exc, ParamValidationError):  # refused before sending (e.g. a bad bucket name)
+        return ValueError(str(exc))
+    else:
+        return None
+    if code in _MISSING_CODES:
+        return ObjectMissingError(what)
+    if status < 500 and status != 429 and code not in _TRANSIENT_CODES:
+        return StorageRefusedError(f"S3 refused {what}: {code or status}")
+    return None
+
+
+def _lean_key(key: str) -> bool:
+    """Whether the lean client can address `key`. Its URLs go through yarl, which resolves `.` and `..` segments
+    (`a/../b` becomes `b`); in an S3 key they are plain names, so such keys go through botocore."""
+    return not any(segment in (".", "..") for segment in key.split("/"))
+
+
+def _metadata_headers(metadata: dict[str, str]) -> dict[str, str]:
+    """User metadata as signed `x-amz-meta-*` headers. S3 takes ASCII only (botocore refuses the rest before
+    sending) and signs values trimmed: an untrimmed one would fail as a signature mismatch."""
+    for name, value in metadata.items():
+        if not (name.isascii() and value.isascii()):
+            msg = f"S3 metadata must be ASCII: {name!r}: {value!r}"
+            raise ValueError(msg)
+    return {f"x-amz-meta-{name}": value.strip() for name, value in metadata.items()}
+
+
 class Storage:
     """`client` (botocore's) does everything; with `objects` (the lean client of `libs.common.s3.s3_objects`), the
     single-request PUTs and GETs, the ones every operation makes, go through that one instead, at a third of the
@@ -92,39 +143,60 @@ class Storage:
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
+    def _lean(self, key: str) -> bool:
+        return self.objects is not None and _lean_key(key)
+
     async def get(self, url: str, max_bytes: int) -> tuple[bytes, str | None]:
         bucket, key = parse_s3_url(url)
-        if self.objects is not None:
-            return await self._retrying(lambda: self._get_lean(bucket, key, url, max_bytes), url)
+        if self._lean(key):
+            return await self._retrying(lambda: self._lean_attempt(lambda: self._get_lean(bucket, key, max_bytes)), url)
 
         async def call() -> tuple[bytes, str | None]:
             response = await self.client.get_object(Bucket=bucket, Key=key)
             if response["ContentLength"] > max_bytes:
-                msg = f"{url} is {response['ContentLength']} bytes; the limit is {max_bytes}"
-                raise ValueError(msg)
+                raise _too_large(url, response["ContentLength"], max_bytes)
             async with response["Body"] as body:
                 return await body.read(), response.get("ContentType")
 
         return await self._retrying(call, url)
 
-    async def _get_lean(self, bucket: str, key: str, url: str, max_bytes: int) -> tuple[bytes, str | None]:
+    async def _get_lean(self, bucket: str, key: str, max_bytes: int) -> tuple[bytes, str | None]:
         async with await self._request("GET", bucket, key) as response:
             if (response.content_length or 0) > max_bytes:
-                msg = f"{url} is {response.content_length} bytes; the limit is {max_bytes}"
-                raise ValueError(msg)
-            return await response.read(), response.headers.get("Content-Type")
+                raise _too_large(self.url(key), response.content_length, max_bytes)
+            body = bytearray()
+            # Bounded as it is read, too: a chunked answer has no Content-Length to check first.
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                body += chunk
+                if len(body) > max_bytes:
+                    raise _too_large(self.url(key), None, max_bytes)
+            return bytes(body), response.headers.get("Content-Type")
 
     async def _request(
-        self, method: str, bucket: str, key: str, body: bytes | None = None, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        bucket: str,
+        key: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        sha256: str | None = None,
     ) -> aiohttp.ClientResponse:
-        """A signed request of the lean client; raises _ResponseError on a non-2xx answer."""
+        """A signed request of the lean client; raises _ResponseError on an answer that is not a 2xx."""
         if self.objects is None:
             raise RuntimeError("no lean client")
         validate_bucket_name({"Bucket": bucket})  # as botocore checks it: a clear error, not a request
-        # The payload's hash is signed, so S3 checks the body arrived whole, as it does for botocore's PUTs.
-        digest = hashlib.sha256(body).hexdigest() if body is not None else None
+        if body is not None and sha256 is None:
+            sha256 = hashlib.sha256(body).hexdigest()
         response = await self.objects.request(
-            method, f"{bucket}/{key}", headers=headers, data=body, content_sha256=digest
+            method,
+            f"{bucket}/{key}",
+            headers=headers,
+            data=body,
+            # Signed, so S3 checks the body arrived whole, as it does for botocore's PUTs.
+            content_sha256=sha256,
+            # A redirect (another region) would be followed with this request's signature: an error instead.
+            allow_redirects=False,
+            expect100=body is not None and len(body) >= EXPECT_CONTINUE_MIN_BYTES,
         )
         if response.status >= 300:
             async with response:
@@ -132,17 +204,30 @@ class Storage:
             raise _ResponseError(response.status, found.group(1).decode() if found else str(response.status))
         return response
 
+    async def _lean_attempt(self, call: Callable[[], Awaitable[T]]) -> T:
+        """One attempt through the lean client: up to LEAN_REQUESTS_PER_ATTEMPT requests, a transient failure
+        tried again after a short pause, as botocore's client does within each of its calls."""
+        for request in range(1, LEAN_REQUESTS_PER_ATTEMPT + 1):
+            try:
+                return await call()
+            except _FAILURES as exc:
+                if request == LEAN_REQUESTS_PER_ATTEMPT or _permanent(exc, "") is not None:
+                    raise
+                delay = backoff_delay(request, self.backoff_seconds)
+            await asyncio.sleep(delay)
+        raise AssertionError  # unreachable: the loop returns or raises
+
     @asynccontextmanager
     async def open(self, url: str, chunk_size: int) -> AsyncIterator[tuple[AsyncIterator[bytes], str | None]]:
         """The object's bytes as chunks, read as they are consumed, and its content type."""
         if (written := self._recall(url)) is not None:
             yield _slices(written.body, chunk_size), written.content_type
             return
-        if self.objects is not None:
-            async with self._open_lean(url, chunk_size) as opened:
+        bucket, key = parse_s3_url(url)
+        if self._lean(key):
+            async with self._open_lean(url, bucket, key, chunk_size) as opened:
                 yield opened
             return
-        bucket, key = parse_s3_url(url)
         response = await self._retrying(lambda: self.client.get_object(Bucket=bucket, Key=key), url)
         body = response["Body"]
 
@@ -159,9 +244,10 @@ class Storage:
             body.close()
 
     @asynccontextmanager
-    async def _open_lean(self, url: str, chunk_size: int) -> AsyncIterator[tuple[AsyncIterator[bytes], str | None]]:
-        bucket, key = parse_s3_url(url)
-        response = await self._retrying(lambda: self._request("GET", bucket, key), url)
+    async def _open_lean(
+        self, url: str, bucket: str, key: str, chunk_size: int
+    ) -> AsyncIterator[tuple[AsyncIterator[bytes], str | None]]:
+        response = await self._retrying(lambda: self._lean_attempt(lambda: self._request("GET", bucket, key)), url)
 
         async def chunks() -> AsyncIterator[bytes]:
             try:
@@ -184,6 +270,10 @@ class Storage:
         while len(self._written) > HANDOFF_ENTRIES:
             self._written.popitem(last=False)
 
+    def _forget(self, key: str) -> None:
+        """The object at `key` is being written: what memory kept of it is no longer its content."""
+        self._written.pop(self.url(key), None)
+
     def _recall(self, url: str) -> _Written | None:
         written = self._written.get(url)
         if written is not None and time.monotonic() - written.at > HANDOFF_SECONDS:
@@ -201,15 +291,25 @@ class Storage:
             return None
         return raw
 
-    async def put(self, key: str, body: bytes, content_type: str, metadata: dict[str, str] | None = None) -> str:
-        if self.objects is not None:
-            headers = {"Content-Type": content_type, **{f"x-amz-meta-{k}": v for k, v in (metadata or {}).items()}}
+    async def put(
+        self,
+        key: str,
+        body: bytes,
+        content_type: str,
+        metadata: dict[str, str] | None = None,
+        *,
+        sha256: str | None = None,
+    ) -> str:
+        """Store `body` at `key` in one request (`sha256`: its digest, when the caller has it already)."""
+        self._forget(key)
+        if self._lean(key):
+            headers = {"Content-Type": content_type, **_metadata_headers(metadata or {})}
 
             async def call() -> None:
-                async with await self._request("PUT", self.bucket, key, body, headers) as response:
+                async with await self._request("PUT", self.bucket, key, body, headers, sha256) as response:
                     await response.read()
 
-            await self._retrying(call, key)
+            await self._retrying(lambda: self._lean_attempt(call), key)
             return self.url(key)
         await self._retrying(
             lambda: self.client.put_object(
@@ -220,8 +320,12 @@ class Storage:
         return self.url(key)
 
     async def check(self) -> None:
-        """Raises when the bucket cannot be reached (health checks)."""
+        """Raises when the bucket cannot be reached (health checks), through either client."""
         await self.client.head_bucket(Bucket=self.bucket)
+        if self.objects is not None:
+            async with await self.objects.head(self.bucket, allow_redirects=False) as response:
+                if response.status >= 300:
+                    raise _ResponseError(response.status, str(response.status))
 
     async def presign(self, key: str) -> str:
         return await self.client.generate_presigned_url(
@@ -232,28 +336,24 @@ class Storage:
         for attempt in range(1, self.attempts + 1):
             try:
                 return await call()
-            except (ClientError, _ResponseError) as exc:
-                if isinstance(exc, ClientError):
-                    code = str(exc.response.get("Error", {}).get("Code", ""))
-                    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-                else:
-                    code, status = exc.code, exc.status
-                if code in _MISSING_CODES or status == 404:
-                    raise ObjectMissingError(what) from None
-                if status < 500 and status != 429 and code not in _TRANSIENT_CODES:
-                    raise StorageRefusedError(f"S3 refused {what}: {code or status}") from None
-                error: Any = exc
-            except ParamValidationError as exc:  # refused before sending (e.g. a bad bucket name): not transient
-                raise ValueError(str(exc)) from None
-            except (TimeoutError, BotoCoreError, aiohttp.ClientError, OSError) as exc:
-                error = exc
-            if attempt == self.attempts:
-                msg = f"S3 unavailable after {attempt} attempts ({type(error).__name__}: {error})"
-                raise StorageUnavailableError(msg) from error
-            delay = backoff_delay(attempt, self.backoff_seconds)
-            log.warning("storage.retry", target=what, attempt=attempt, delay=round(delay, 3), error=str(error)[:200])
+            except _FAILURES as exc:
+                if (permanent := _permanent(exc, what)) is not None:
+                    raise permanent from None
+                if attempt == self.attempts:
+                    msg = f"S3 unavailable after {attempt} attempts ({type(exc).__name__}: {exc})"
+                    raise StorageUnavailableError(msg) from exc
+                delay = backoff_delay(attempt, self.backoff_seconds)
+                log.warning("storage.retry", target=what, attempt=attempt, delay=round(delay, 3), error=str(exc)[:200])
+            # Waited out of the except block: the failure (its traceback, and the frames it holds, a PUT's body
+            # among them) is released first, not kept alive by a cycle through a local.
             await asyncio.sleep(delay)
         raise AssertionError  # unreachable: the loop returns or raises
+
+
+def _too_large(url: str, size: int | None, max_bytes: int) -> ValueError:
+    if size is None:
+        return ValueError(f"{url} is over the limit of {max_bytes} bytes")
+    return ValueError(f"{url} is {size} bytes; the limit is {max_bytes}")
 
 
 async def _slices(body: bytes, size: int) -> AsyncIterator[bytes]:
@@ -326,6 +426,7 @@ class Upload:
     async def _upload_part(self) -> None:
         client, bucket = self.storage.client, self.storage.bucket
         if self._upload_id is None:
+            self.storage._forget(self.key)
             created = await self.storage._retrying(
                 lambda: client.create_multipart_upload(
                     Bucket=bucket, Key=self.key, ContentType=self.content_type, Metadata=self.metadata
@@ -344,7 +445,7 @@ class Upload:
     async def _finish(self) -> None:
         if self._upload_id is None:
             body = bytes(self._buffer)
-            url = await self.storage.put(self.key, body, self.content_type, self.metadata)
+            url = await self.storage.put(self.key, body, self.content_type, self.metadata, sha256=self.sha256)
             self.storage._remember(url, body, self.content_type)
             return
         if self._buffer:

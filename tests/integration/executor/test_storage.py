@@ -1,5 +1,6 @@
 """Storage against an S3 endpoint: streamed reads, and uploads of any size that never leave a partial object."""
 
+import asyncio
 import contextlib
 import hashlib
 import os
@@ -17,11 +18,13 @@ from libs.common.s3 import s3_objects
 from libs.common.settings import S3Settings
 from services.executor import storage as storage_module
 from services.executor.storage import (
+    LEAN_REQUESTS_PER_ATTEMPT,
     PART_SIZE,
     ObjectMissingError,
     Storage,
     StorageRefusedError,
     StorageUnavailableError,
+    _ResponseError,
 )
 from tests.integration.executor._s3 import exists, pending_uploads, read, upload
 
@@ -194,14 +197,17 @@ class TestStorage:
 
 
 class ErrorEndpoint:
-    """An HTTP endpoint that answers every request as S3 answers an error (status and XML `<Code>`), counting them:
-    the answers a lean client must classify, which the S3 server used here cannot be made to give."""
+    """An HTTP endpoint that answers every request as S3 answers an error (status and XML `<Code>`; no body when
+    `code` is empty), counting them: the answers a lean client must classify, which the S3 server used here cannot
+    be made to give."""
 
     def __init__(self, status: int, code: str) -> None:
         self.status, self.code, self.requests = status, code, 0
 
-    async def handle(self, _: web.Request) -> web.Response:
+    async def handle(self, _: web.Request) -> web.StreamResponse:
         self.requests += 1
+        if not self.code:
+            return web.Response(status=self.status)
         body = f"<?xml version='1.0'?><Error><Code>{self.code}</Code><Message>no</Message></Error>"
         return web.Response(status=self.status, text=body, content_type="application/xml")
 
@@ -217,6 +223,22 @@ class ErrorEndpoint:
             yield f"http://127.0.0.1:{port}"
         finally:
             await runner.cleanup()
+
+
+class TruncatingEndpoint(ErrorEndpoint):
+    """Answers 200 with a Content-Length of 1000, sends 10 bytes of it and drops the connection."""
+
+    def __init__(self) -> None:
+        super().__init__(200, "")
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = 1000
+        await response.prepare(request)
+        await response.write(b"x" * 10)
+        assert request.transport is not None
+        request.transport.close()
+        return response
 
 
 @contextlib.asynccontextmanager
@@ -277,7 +299,43 @@ class TestLeanClient:
             with pytest.raises(StorageUnavailableError, match="after 3 attempts"):
                 async with failing.open(storage.url(key()), chunk_size=1024):
                     pass
-        assert endpoint.requests == 3
+        assert endpoint.requests == 3 * LEAN_REQUESTS_PER_ATTEMPT  # as botocore's client retries within a call
+
+    async def test_a_404_without_a_body_is_object_missing(self, storage: Storage) -> None:
+        endpoint = ErrorEndpoint(404, "")
+        async with endpoint.serving() as url, lean_storage(storage, url, attempts=3) as lean:
+            with pytest.raises(ObjectMissingError):
+                await lean.get(storage.url(key()), max_bytes=10)
+        assert endpoint.requests == 1
+
+    async def test_error_answers_give_their_connections_back(self, storage: Storage) -> None:
+        endpoint = ErrorEndpoint(403, "AccessDenied")
+        async with endpoint.serving() as url, lean_storage(storage, url) as refused:
+            for _ in range(25):  # more than the pool's 10 connections: a response not released would hang here
+                with pytest.raises(StorageRefusedError):
+                    await asyncio.wait_for(refused.get(storage.url(key()), max_bytes=10), 5)
+            with pytest.raises(_ResponseError):
+                await refused.check()  # the lean client is probed too
+
+    async def test_a_read_cut_midway_is_unavailable(self, storage: Storage) -> None:
+        async with (
+            TruncatingEndpoint().serving() as url,
+            lean_storage(storage, url) as lean,
+            lean.open(storage.url(key()), chunk_size=4) as (chunks, _),
+        ):
+            with pytest.raises(StorageUnavailableError, match="failed midway"):
+                _ = [chunk async for chunk in chunks]
+
+    async def test_a_key_with_dot_segments_is_left_to_botocore(self, storage: Storage, s3: S3Client) -> None:
+        name = f"it-storage/{uuid4().hex}/x/../y.csv"  # through a URL, `x/..` would vanish: a different key
+        await storage.put(name, b"id\n1\n", "text/csv")
+        assert await read(s3, storage.url(name)) == (b"id\n1\n", "text/csv")
+        assert await storage.get(storage.url(name), max_bytes=100) == (b"id\n1\n", "text/csv")
+        assert not await exists(s3, storage.bucket, name.replace("x/../", ""))
+
+    async def test_metadata_must_be_ascii(self, storage: Storage) -> None:
+        with pytest.raises(ValueError, match="must be ASCII"):
+            await storage.put(key(), b"x", "text/plain", {"note": "café"})
 
     async def test_an_unreachable_endpoint_is_unavailable_after_every_attempt(self, storage: Storage) -> None:
         async with lean_storage(storage, f"http://127.0.0.1:{free_port()}") as unreachable:
@@ -308,6 +366,17 @@ class TestHandoff:
         await s3.put_object(Bucket=storage.bucket, Key=name, Body=b"a\n2\n", ContentType="text/csv")
         monkeypatch.setattr(storage_module, "HANDOFF_SECONDS", 0.0)
         assert await self.read_all(storage, output.url) == (b"a\n2\n", "text/csv")
+
+    async def test_an_output_written_again_is_not_read_from_memory(
+        self, storage: Storage, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(storage_module, "HANDOFF_MAX_BYTES", 8)
+        name = key()
+        async with storage.upload(name, "text/plain") as output:
+            await output.write(b"small")
+        async with storage.upload(name, "text/plain") as output:  # rewritten, too large to be kept
+            await output.write(b"larger than eight")
+        assert await self.read_all(storage, output.url) == (b"larger than eight", "text/plain")
 
     async def test_only_small_outputs_and_the_latest_few_are_kept(
         self, storage: Storage, s3: S3Client, monkeypatch: pytest.MonkeyPatch
