@@ -10,6 +10,9 @@ from uuid import uuid4
 
 import pytest
 from aiohttp import web
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from types_aiobotocore_s3 import S3Client
 
@@ -241,6 +244,35 @@ class TruncatingEndpoint(ErrorEndpoint):
         return response
 
 
+class SignatureCheckingEndpoint(ErrorEndpoint):
+    """Accepts a request only when its SigV4 signature is the one botocore computes for it, payload hash included
+    (403 SignatureDoesNotMatch otherwise): the S3 server of the tests does not check signatures, real ones do."""
+
+    def __init__(self) -> None:
+        super().__init__(200, "")
+        self.checked: list[str] = []
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        authorization = request.headers["Authorization"]
+        signed = authorization.split("SignedHeaders=")[1].split(",")[0].split(";")
+        headers = {name: request.headers[name] for name in signed if name != "host"}
+        url = f"http://{request.headers['Host']}{request.raw_path}"
+        expected = AWSRequest(method=request.method, url=url, data=body or None, headers=headers)
+        expected.context["timestamp"] = request.headers["x-amz-date"]
+        settings = S3Settings()
+        credentials = Credentials(
+            settings.aws_access_key_id.get_secret_value(), settings.aws_secret_access_key.get_secret_value()
+        )
+        auth = S3SigV4Auth(credentials, "s3", settings.s3_region)
+        auth._modify_request_before_signing(expected)  # type: ignore[attr-defined]  # Host, payload hash, date
+        signature = auth.signature(auth.string_to_sign(expected, auth.canonical_request(expected)), expected)
+        if authorization.split("Signature=")[1] != signature:
+            return web.Response(status=403, text="<Error><Code>SignatureDoesNotMatch</Code></Error>")
+        self.checked.append(f"{request.method} {request.raw_path}")
+        return web.Response(body=b"ok" if request.method == "GET" else b"", content_type="text/plain")
+
+
 @contextlib.asynccontextmanager
 async def lean_storage(storage: Storage, endpoint: str, attempts: int = 2) -> AsyncIterator[Storage]:
     settings = S3Settings(s3_endpoint_url=endpoint, s3_bucket=storage.bucket)
@@ -332,6 +364,16 @@ class TestLeanClient:
         assert await read(s3, storage.url(name)) == (b"id\n1\n", "text/csv")
         assert await storage.get(storage.url(name), max_bytes=100) == (b"id\n1\n", "text/csv")
         assert not await exists(s3, storage.bucket, name.replace("x/../", ""))
+
+    async def test_requests_are_signed_as_botocore_signs_them(self, storage: Storage) -> None:
+        endpoint = SignatureCheckingEndpoint()
+        name = "it-storage/a b+c~d%e=f/ü.csv"
+        async with endpoint.serving() as url, lean_storage(storage, url) as lean:
+            await lean.put(name, b"id\n1\n", "text/csv", {"object-id": " o-1 "})
+            assert await lean.get(lean.url(name), max_bytes=10) == (b"ok", "text/plain")
+            await lean.check()
+        path = f"/{storage.bucket}/it-storage/a%20b%2Bc~d%25e%3Df/%C3%BC.csv"
+        assert endpoint.checked == [f"PUT {path}", f"GET {path}", f"HEAD /{storage.bucket}"]
 
     async def test_metadata_must_be_ascii(self, storage: Storage) -> None:
         with pytest.raises(ValueError, match="must be ASCII"):
