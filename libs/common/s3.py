@@ -1,8 +1,10 @@
 """One long-lived S3 client per process, and the helpers around s3:// URLs."""
 
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiobotocore.config import AioConfig
@@ -56,11 +58,20 @@ async def s3_objects(settings: S3Settings, max_connections: int = 10) -> AsyncIt
     # The same limits as s3_client's: connect_timeout 5 s, read_timeout 30 s, a pool of max_connections.
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=30)
     connector = aiohttp.TCPConnector(limit=max_connections)
-    # trust_env: HTTP(S)_PROXY and NO_PROXY apply, as they do to botocore.
+    # HTTP(S)_PROXY and NO_PROXY apply, as they do to botocore's, looked up once: with trust_env, aiohttp looks them
+    # up (and reads ~/.netrc) on every request, which doubled the CPU of a small PUT.
     async with aiohttp.ClientSession(
-        timeout=timeout, connector=connector, auto_decompress=False, trust_env=True
+        timeout=timeout, connector=connector, auto_decompress=False, proxy=_environment_proxy(endpoint)
     ) as session:
         yield ObjectClient(session, endpoint, credentials=credentials)
+
+
+def _environment_proxy(url: str) -> str | None:
+    """The proxy the environment names for `url` (HTTP_PROXY, HTTPS_PROXY, NO_PROXY), if any."""
+    parts = urlsplit(url)
+    if parts.hostname is None or urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
 
 
 EXPECT_CONTINUE_MIN_BYTES = 2 * 1024 * 1024

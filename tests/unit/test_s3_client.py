@@ -1,4 +1,5 @@
-"""The shared S3 client asks an endpoint to accept a body first (`Expect: 100-continue`) only for large bodies.
+"""The shared S3 clients: botocore's asks an endpoint to accept a body first (`Expect: 100-continue`) only for large
+bodies; the lean one takes its proxy from the environment.
 
 A recording HTTP endpoint stands in for S3: the test is about the request the client sends, not about storage."""
 
@@ -7,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from libs.common.s3 import EXPECT_CONTINUE_MIN_BYTES, s3_client
+from libs.common.s3 import EXPECT_CONTINUE_MIN_BYTES, _environment_proxy, s3_client
 from libs.common.settings import S3Settings
 
 
@@ -55,3 +56,22 @@ async def test_only_a_large_body_waits_for_100_continue(
     (head,) = recording.heads
     assert head.startswith("PUT /bucket/key ")
     assert ("expect: 100-continue" in head.lower()) is expects
+
+
+@pytest.mark.parametrize(
+    ("environment", "url", "proxy"),
+    [
+        ({}, "http://s3.example.com", None),
+        ({"HTTP_PROXY": "http://proxy:3128"}, "http://s3.example.com", "http://proxy:3128"),
+        ({"HTTP_PROXY": "http://proxy:3128"}, "https://s3.example.com", None),
+        ({"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "example.com"}, "https://s3.example.com", None),
+    ],
+)
+def test_the_lean_client_takes_its_proxy_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], url: str, proxy: str | None
+) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert _environment_proxy(url) == proxy
