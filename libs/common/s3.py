@@ -47,8 +47,9 @@ async def s3_objects(settings: S3Settings, max_connections: int = 10) -> AsyncIt
 
     botocore spends about 1 ms of CPU on each request (parameter validation, endpoint rules, event hooks, the
     User-Agent rebuilt every time, response parsing); this client, about 0.35 ms on the same small PUT. An executor
-    makes five such requests per object, so it uses this one for them and botocore's for the rest (multipart
-    uploads, presigned URLs, health checks). Path-style addressing, as botocore uses with an endpoint URL."""
+    makes one for every artifact and output it writes, so it uses this one for them and botocore's for the rest (multipart
+    uploads, presigned URLs); the executors' health check probes both. Path-style addressing, as botocore uses with
+    an endpoint URL."""
     endpoint = settings.s3_endpoint_url or f"https://s3.{settings.s3_region}.amazonaws.com"
     credentials = StaticCredentials(
         access_key_id=settings.aws_access_key_id.get_secret_value(),
@@ -69,7 +70,11 @@ async def s3_objects(settings: S3Settings, max_connections: int = 10) -> AsyncIt
 def _environment_proxy(url: str) -> str | None:
     """The proxy the environment names for `url` (HTTP_PROXY, HTTPS_PROXY, NO_PROXY), if any."""
     parts = urlsplit(url)
-    if parts.hostname is None or urllib.request.proxy_bypass(parts.hostname):
+    if parts.hostname is None:
+        return None
+    # With the port, as botocore asks: NO_PROXY may name `host:port`.
+    host = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
+    if urllib.request.proxy_bypass(host):
         return None
     return urllib.request.getproxies().get(parts.scheme)
 

@@ -28,6 +28,8 @@ _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "404", "NotFound"})
 _TRANSIENT_CODES = frozenset({"SlowDown", "RequestTimeout", "Throttling"})
 _ERROR_CODE = re.compile(rb"<Code>([^<]{1,64})</Code>")
 
+ERROR_BODY_BYTES = 64 * 1024
+"""Of an error answer's body, the most read to find its S3 error code."""
 LEAN_REQUESTS_PER_ATTEMPT = 3
 """Requests the lean client makes in one attempt, as botocore's client does (its standard retry mode, with
 `max_attempts` 3 in libs/common/s3.py): STORAGE_ATTEMPTS means the same on both paths."""
@@ -102,20 +104,22 @@ def _permanent(exc: BaseException, what: str) -> Exception | None:
     return None
 
 
-def _lean_key(key: str) -> bool:
-    """Whether the lean client can address `key`. Its URLs go through yarl, which resolves `.` and `..` segments
-    (`a/../b` becomes `b`); in an S3 key they are plain names, so such keys go through botocore."""
-    return not any(segment in (".", "..") for segment in key.split("/"))
+def _lean_path(bucket: str, key: str) -> bool:
+    """Whether the lean client can address this object. Its URLs go through yarl, which resolves `.` and `..`
+    segments (`a/../b` becomes `b`); in an S3 key (or a bucket name) they are plain names, so such objects go through
+    botocore."""
+    return not any(segment in (".", "..") for segment in f"{bucket}/{key}".split("/"))
 
 
 def _metadata_headers(metadata: dict[str, str]) -> dict[str, str]:
     """User metadata as signed `x-amz-meta-*` headers. S3 takes ASCII only (botocore refuses the rest before
-    sending) and signs values trimmed: an untrimmed one would fail as a signature mismatch."""
+    sending), and signs values trimmed, with inner runs of spaces as one: sent otherwise, a value would fail as a
+    signature mismatch."""
     for name, value in metadata.items():
         if not (name.isascii() and value.isascii()):
             msg = f"S3 metadata must be ASCII: {name!r}: {value!r}"
             raise ValueError(msg)
-    return {f"x-amz-meta-{name}": value.strip() for name, value in metadata.items()}
+    return {f"x-amz-meta-{name}": " ".join(value.split()) for name, value in metadata.items()}
 
 
 class Storage:
@@ -143,13 +147,15 @@ class Storage:
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
-    def _lean(self, key: str) -> bool:
-        return self.objects is not None and _lean_key(key)
+    def _lean(self, bucket: str, key: str) -> bool:
+        return self.objects is not None and _lean_path(bucket, key)
 
     async def get(self, url: str, max_bytes: int) -> tuple[bytes, str | None]:
         bucket, key = parse_s3_url(url)
-        if self._lean(key):
-            return await self._retrying(lambda: self._lean_attempt(lambda: self._get_lean(bucket, key, max_bytes)), url)
+        if self._lean(bucket, key):
+            return await self._retrying(
+                lambda: self._lean_attempt(lambda: self._get_lean(url, bucket, key, max_bytes)), url
+            )
 
         async def call() -> tuple[bytes, str | None]:
             response = await self.client.get_object(Bucket=bucket, Key=key)
@@ -160,16 +166,16 @@ class Storage:
 
         return await self._retrying(call, url)
 
-    async def _get_lean(self, bucket: str, key: str, max_bytes: int) -> tuple[bytes, str | None]:
+    async def _get_lean(self, url: str, bucket: str, key: str, max_bytes: int) -> tuple[bytes, str | None]:
         async with await self._request("GET", bucket, key) as response:
             if (response.content_length or 0) > max_bytes:
-                raise _too_large(self.url(key), response.content_length, max_bytes)
+                raise _too_large(url, response.content_length, max_bytes)
             body = bytearray()
             # Bounded as it is read, too: a chunked answer has no Content-Length to check first.
             async for chunk in response.content.iter_chunked(64 * 1024):
                 body += chunk
                 if len(body) > max_bytes:
-                    raise _too_large(self.url(key), None, max_bytes)
+                    raise _too_large(url, None, max_bytes)
             return bytes(body), response.headers.get("Content-Type")
 
     async def _request(
@@ -200,7 +206,10 @@ class Storage:
         )
         if response.status >= 300:
             async with response:
-                found = _ERROR_CODE.search(await response.read())
+                try:  # the start of the body is enough for its <Code>; a proxy's error page may be large
+                    found = _ERROR_CODE.search(await response.content.read(ERROR_BODY_BYTES))
+                except aiohttp.ClientError:  # cut off: the status still says what happened
+                    found = None
             raise _ResponseError(response.status, found.group(1).decode() if found else str(response.status))
         return response
 
@@ -224,7 +233,7 @@ class Storage:
             yield _slices(written.body, chunk_size), written.content_type
             return
         bucket, key = parse_s3_url(url)
-        if self._lean(key):
+        if self._lean(bucket, key):
             async with self._open_lean(url, bucket, key, chunk_size) as opened:
                 yield opened
             return
@@ -302,7 +311,7 @@ class Storage:
     ) -> str:
         """Store `body` at `key` in one request (`sha256`: its digest, when the caller has it already)."""
         self._forget(key)
-        if self._lean(key):
+        if self._lean(self.bucket, key):
             headers = {"Content-Type": content_type, **_metadata_headers(metadata or {})}
 
             async def call() -> None:
@@ -337,8 +346,12 @@ class Storage:
             try:
                 return await call()
             except _FAILURES as exc:
-                if (permanent := _permanent(exc, what)) is not None:
-                    raise permanent from None
+                permanent = _permanent(exc, what)
+                if permanent is not None:
+                    try:
+                        raise permanent from None
+                    finally:  # its traceback holds this frame: the frame must not hold it back (a cycle)
+                        permanent = None
                 if attempt == self.attempts:
                     msg = f"S3 unavailable after {attempt} attempts ({type(exc).__name__}: {exc})"
                     raise StorageUnavailableError(msg) from exc

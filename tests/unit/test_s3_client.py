@@ -65,6 +65,8 @@ async def test_only_a_large_body_waits_for_100_continue(
         ({"HTTP_PROXY": "http://proxy:3128"}, "http://s3.example.com", "http://proxy:3128"),
         ({"HTTP_PROXY": "http://proxy:3128"}, "https://s3.example.com", None),
         ({"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "example.com"}, "https://s3.example.com", None),
+        ({"HTTP_PROXY": "http://proxy:3128", "NO_PROXY": "minio:9000"}, "http://minio:9000", None),
+        ({"HTTP_PROXY": "http://proxy:3128", "NO_PROXY": "minio:9000"}, "http://minio:9001", "http://proxy:3128"),
     ],
 )
 def test_the_lean_client_takes_its_proxy_from_the_environment(

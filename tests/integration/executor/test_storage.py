@@ -2,8 +2,10 @@
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import os
+import sys
 from collections.abc import AsyncIterator
 from typing import Any, cast
 from uuid import uuid4
@@ -17,7 +19,7 @@ from botocore.exceptions import ClientError
 from types_aiobotocore_s3 import S3Client
 
 from deploy.local.stack import free_port
-from libs.common.s3 import s3_objects
+from libs.common.s3 import EXPECT_CONTINUE_MIN_BYTES, s3_objects
 from libs.common.settings import S3Settings
 from services.executor import storage as storage_module
 from services.executor.storage import (
@@ -216,7 +218,7 @@ class ErrorEndpoint:
 
     @contextlib.asynccontextmanager
     async def serving(self) -> AsyncIterator[str]:
-        app = web.Application()
+        app = web.Application(client_max_size=16 * 1024 * 1024)
         app.router.add_route("*", "/{path:.*}", self.handle)
         runner = web.AppRunner(app)
         await runner.setup()
@@ -226,6 +228,37 @@ class ErrorEndpoint:
             yield f"http://127.0.0.1:{port}"
         finally:
             await runner.cleanup()
+
+
+class RecordingEndpoint(ErrorEndpoint):
+    """Answers every request 200, in chunks with no Content-Length, and keeps each request's Expect header."""
+
+    def __init__(self, body: bytes = b"") -> None:
+        super().__init__(200, "")
+        self.body = body
+        self.expect: list[str | None] = []
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.expect.append(request.headers.get("Expect"))
+        await request.read()
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(self.body)
+        await response.write_eof()
+        return response
+
+
+class RedirectingEndpoint(ErrorEndpoint):
+    """Answers every request 301 to itself, as S3 answers for a bucket of another region."""
+
+    def __init__(self) -> None:
+        super().__init__(301, "PermanentRedirect")
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        body = "<Error><Code>PermanentRedirect</Code></Error>"
+        return web.Response(status=301, text=body, headers={"Location": str(request.url)})
 
 
 class TruncatingEndpoint(ErrorEndpoint):
@@ -274,9 +307,11 @@ class SignatureCheckingEndpoint(ErrorEndpoint):
 
 
 @contextlib.asynccontextmanager
-async def lean_storage(storage: Storage, endpoint: str, attempts: int = 2) -> AsyncIterator[Storage]:
+async def lean_storage(
+    storage: Storage, endpoint: str, attempts: int = 2, connections: int = 10
+) -> AsyncIterator[Storage]:
     settings = S3Settings(s3_endpoint_url=endpoint, s3_bucket=storage.bucket)
-    async with s3_objects(settings) as objects:
+    async with s3_objects(settings, connections) as objects:
         yield Storage(storage.client, storage.bucket, attempts, 0.01, storage.presign_expiry, objects=objects)
 
 
@@ -342,12 +377,39 @@ class TestLeanClient:
 
     async def test_error_answers_give_their_connections_back(self, storage: Storage) -> None:
         endpoint = ErrorEndpoint(403, "AccessDenied")
-        async with endpoint.serving() as url, lean_storage(storage, url) as refused:
-            for _ in range(25):  # more than the pool's 10 connections: a response not released would hang here
+        async with endpoint.serving() as url, lean_storage(storage, url, connections=1) as refused:
+            for _ in range(5):  # one connection: a response not given back would hang the next request
                 with pytest.raises(StorageRefusedError):
                     await asyncio.wait_for(refused.get(storage.url(key()), max_bytes=10), 5)
+                with pytest.raises(StorageRefusedError):
+                    await asyncio.wait_for(refused.put(key(), b"x", "text/plain"), 5)
             with pytest.raises(_ResponseError):
                 await refused.check()  # the lean client is probed too
+
+    async def test_a_get_over_the_limit_is_refused_as_it_is_read(self, storage: Storage) -> None:
+        endpoint = RecordingEndpoint(b"y" * 100)  # chunked: no Content-Length to check first
+        async with endpoint.serving() as url, lean_storage(storage, url, connections=1) as lean:
+            for _ in range(3):  # one connection: the answer left unread must give it back
+                with pytest.raises(ValueError, match="is over the limit of 10 bytes"):
+                    await asyncio.wait_for(lean.get(storage.url(key()), max_bytes=10), 5)
+            assert await asyncio.wait_for(lean.get(storage.url(key()), max_bytes=100), 5) == (
+                b"y" * 100,
+                "application/octet-stream",
+            )
+
+    async def test_a_redirect_is_refused_not_followed(self, storage: Storage) -> None:
+        endpoint = RedirectingEndpoint()
+        async with endpoint.serving() as url, lean_storage(storage, url, attempts=3) as lean:
+            with pytest.raises(StorageRefusedError, match="PermanentRedirect"):
+                await lean.get(storage.url(key()), max_bytes=10)
+        assert endpoint.requests == 1
+
+    async def test_only_a_large_put_waits_for_100_continue(self, storage: Storage) -> None:
+        endpoint = RecordingEndpoint()
+        async with endpoint.serving() as url, lean_storage(storage, url) as lean:
+            await lean.put(key(), b"x" * EXPECT_CONTINUE_MIN_BYTES, "application/octet-stream")
+            await lean.put(key(), b"x" * (EXPECT_CONTINUE_MIN_BYTES - 1), "application/octet-stream")
+        assert endpoint.expect == ["100-continue", None]
 
     async def test_a_read_cut_midway_is_unavailable(self, storage: Storage) -> None:
         async with (
@@ -369,11 +431,25 @@ class TestLeanClient:
         endpoint = SignatureCheckingEndpoint()
         name = "it-storage/a b+c~d%e=f/ü.csv"
         async with endpoint.serving() as url, lean_storage(storage, url) as lean:
-            await lean.put(name, b"id\n1\n", "text/csv", {"object-id": " o-1 "})
+            await lean.put(name, b"id\n1\n", "text/csv", {"object-id": " o-1 ", "note": "two  spaces"})
             assert await lean.get(lean.url(name), max_bytes=10) == (b"ok", "text/plain")
+            async with lean.upload(name, "text/csv") as output:  # signed with the digest the upload computed
+                await output.write(b"id\n2\n")
             await lean.check()
         path = f"/{storage.bucket}/it-storage/a%20b%2Bc~d%25e%3Df/%C3%BC.csv"
-        assert endpoint.checked == [f"PUT {path}", f"GET {path}", f"HEAD /{storage.bucket}"]
+        assert endpoint.checked == [f"PUT {path}", f"GET {path}", f"PUT {path}", f"HEAD /{storage.bucket}"]
+
+    async def test_a_refused_put_lets_go_of_its_body_at_once(self, storage: Storage) -> None:
+        body = b"x" * 1024
+        references = sys.getrefcount(body)
+        gc.disable()  # only a reference cycle could still hold it, and a collection would hide that
+        try:
+            async with ErrorEndpoint(403, "AccessDenied").serving() as url, lean_storage(storage, url) as refused:
+                with pytest.raises(StorageRefusedError):
+                    await refused.put(key(), body, "text/plain")
+                assert sys.getrefcount(body) == references
+        finally:
+            gc.enable()
 
     async def test_metadata_must_be_ascii(self, storage: Storage) -> None:
         with pytest.raises(ValueError, match="must be ASCII"):
@@ -419,6 +495,15 @@ class TestHandoff:
         async with storage.upload(name, "text/plain") as output:  # rewritten, too large to be kept
             await output.write(b"larger than eight")
         assert await self.read_all(storage, output.url) == (b"larger than eight", "text/plain")
+
+    async def test_an_output_written_again_in_parts_is_not_read_from_memory(self, storage: Storage) -> None:
+        name = key()
+        async with storage.upload(name, "text/plain") as output:
+            await output.write(b"small")
+        large = payload(PART_SIZE + 1)
+        async with storage.upload(name, "text/plain") as output:  # a multipart upload this time
+            await output.write(large)
+        assert await self.read_all(storage, output.url) == (large, "text/plain")
 
     async def test_only_small_outputs_and_the_latest_few_are_kept(
         self, storage: Storage, s3: S3Client, monkeypatch: pytest.MonkeyPatch
