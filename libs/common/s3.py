@@ -47,9 +47,9 @@ async def s3_objects(settings: S3Settings, max_connections: int = 10) -> AsyncIt
 
     botocore spends about 1 ms of CPU on each request (parameter validation, endpoint rules, event hooks, the
     User-Agent rebuilt every time, response parsing); this client, about 0.35 ms on the same small PUT. An executor
-    makes one for every artifact and output it writes, so it uses this one for them and botocore's for the rest (multipart
-    uploads, presigned URLs); the executors' health check probes both. Path-style addressing, as botocore uses with
-    an endpoint URL."""
+    makes one for every artifact and output it writes, so it uses this one for them and botocore's for the rest
+    (multipart uploads, presigned URLs); the executors' health check probes both. Path-style addressing, as botocore
+    uses with an endpoint URL."""
     endpoint = settings.s3_endpoint_url or f"https://s3.{settings.s3_region}.amazonaws.com"
     credentials = StaticCredentials(
         access_key_id=settings.aws_access_key_id.get_secret_value(),

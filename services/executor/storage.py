@@ -153,9 +153,7 @@ class Storage:
     async def get(self, url: str, max_bytes: int) -> tuple[bytes, str | None]:
         bucket, key = parse_s3_url(url)
         if self._lean(bucket, key):
-            return await self._retrying(
-                lambda: self._lean_attempt(lambda: self._get_lean(url, bucket, key, max_bytes)), url
-            )
+            return await self._retrying_lean(lambda: self._get_lean(url, bucket, key, max_bytes), url)
 
         async def call() -> tuple[bytes, str | None]:
             response = await self.client.get_object(Bucket=bucket, Key=key)
@@ -213,6 +211,10 @@ class Storage:
             raise _ResponseError(response.status, found.group(1).decode() if found else str(response.status))
         return response
 
+    async def _retrying_lean(self, call: Callable[[], Awaitable[T]], what: str) -> T:
+        """`_retrying` for a call of the lean client, each attempt of which is `_lean_attempt`."""
+        return await self._retrying(lambda: self._lean_attempt(call), what)
+
     async def _lean_attempt(self, call: Callable[[], Awaitable[T]]) -> T:
         """One attempt through the lean client: up to LEAN_REQUESTS_PER_ATTEMPT requests, a transient failure
         tried again after a short pause, as botocore's client does within each of its calls."""
@@ -256,7 +258,7 @@ class Storage:
     async def _open_lean(
         self, url: str, bucket: str, key: str, chunk_size: int
     ) -> AsyncIterator[tuple[AsyncIterator[bytes], str | None]]:
-        response = await self._retrying(lambda: self._lean_attempt(lambda: self._request("GET", bucket, key)), url)
+        response = await self._retrying_lean(lambda: self._request("GET", bucket, key), url)
 
         async def chunks() -> AsyncIterator[bytes]:
             try:
@@ -318,7 +320,7 @@ class Storage:
                 async with await self._request("PUT", self.bucket, key, body, headers, sha256) as response:
                     await response.read()
 
-            await self._retrying(lambda: self._lean_attempt(call), key)
+            await self._retrying_lean(call, key)
             return self.url(key)
         await self._retrying(
             lambda: self.client.put_object(
