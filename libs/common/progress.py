@@ -1,11 +1,12 @@
 """The progress document: the body of `GET /api/v1/progress/{id}`, of each SSE event, and of ObjectProgressedV1."""
 
+from collections.abc import Sequence
 from datetime import datetime
+from typing import Any, Protocol
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
 
-from libs.common.db.models import ProcessingObject
 from libs.common.domain import ObjectState
 
 
@@ -58,7 +59,35 @@ def progress_message(
     }[state]
 
 
-def build_progress_document(obj: ProcessingObject) -> ProgressDocument:
+class ObjectView(Protocol):
+    """What a progress document is built from: a `processing_object` row, as the ORM model (the gateway) or as a
+    plain record (the orchestrator) holds it."""
+
+    @property
+    def id(self) -> UUID: ...
+    @property
+    def identifier(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def operations(self) -> Sequence[str]: ...
+    @property
+    def operations_status(self) -> dict[str, Any]: ...
+    @property
+    def current_operation(self) -> str | None: ...
+    @property
+    def error_message(self) -> str | None: ...
+    @property
+    def cancel_requested(self) -> bool: ...
+    @property
+    def task_id(self) -> UUID: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def updated_at(self) -> datetime: ...
+
+
+def build_progress_document(obj: ObjectView) -> ProgressDocument:
     state = ObjectState(obj.state)
     statuses = {
         op: OperationStatus(completed=bool(status.get("completed")), s3_url=status.get("s3_url"))

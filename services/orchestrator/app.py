@@ -7,12 +7,11 @@ import structlog
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.asgi.types import Scope
 from redis.asyncio import Redis
-from sqlalchemy import text
 
 from libs.common.broker import ensure_topology, make_broker, supervise_subscribers
-from libs.common.db.session import create_engine, create_sessionmaker
 from libs.common.reclaim import LOCK_REFRESH_SECONDS
 from libs.common.trim import prune_consumers, trim_streams
+from services.orchestrator.database import Database
 from services.orchestrator.handlers import Orchestrator, reclaimers, register
 from services.orchestrator.outbox import OutboxRelay
 from services.orchestrator.service import ObjectService
@@ -25,11 +24,10 @@ REDIS_EPOCH_KEY = "orchestrator:redis-epoch"
 
 def create_app(settings: OrchestratorSettings) -> AsgiFastStream:
     broker = make_broker(settings)
-    engine = create_engine(settings, pre_ping=False)  # a handler that fails on a stale connection is retried
-    sessionmaker = create_sessionmaker(engine)
+    database = Database(str(settings.database_url), settings.database_pool_size)
     redis = Redis.from_url(str(settings.redis_url))
-    relay = OutboxRelay(sessionmaker, redis, settings.stream_maxlen)
-    orchestrator = Orchestrator(sessionmaker, redis, relay, ObjectService(settings.max_parallel_workers))
+    relay = OutboxRelay(database, redis, settings.stream_maxlen)
+    orchestrator = Orchestrator(database, redis, relay, ObjectService(settings.max_parallel_workers))
     register(broker, settings, orchestrator)
 
     async def redis_watchdog() -> None:
@@ -82,6 +80,7 @@ def create_app(settings: OrchestratorSettings) -> AsgiFastStream:
 
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
+        await database.open()  # before the broker starts consuming
         await ensure_topology(redis)
         tasks = [
             asyncio.create_task(relay.run(settings.outbox_sweep_seconds), name="outbox-relay"),
@@ -110,13 +109,13 @@ def create_app(settings: OrchestratorSettings) -> AsgiFastStream:
             except Exception:  # noqa: BLE001 - the sweep publishes it again, which consumers absorb
                 log.warning("outbox.final_flush_failed")
             await redis.aclose()
-            await engine.dispose()
+            await database.close()
 
     @get(include_in_schema=False)
     async def health(scope: Scope) -> AsgiResponse:  # noqa: ARG001
         try:
-            async with engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
+            async with database.connection() as connection:
+                await connection.execute("SELECT 1")
             await redis.ping()
         except Exception as exc:  # noqa: BLE001 - any failure means unhealthy
             return AsgiResponse(f'{{"status":"unhealthy","error":"{type(exc).__name__}"}}'.encode(), 503)

@@ -14,8 +14,6 @@ from faststream.redis import RedisBroker
 from pydantic import TypeAdapter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.common.events import (
     AnyObjectCommand,
@@ -41,6 +39,7 @@ from libs.common.events.streams import (
 )
 from libs.common.reclaim import Reclaimer
 from services.orchestrator.batches import MAX_BATCH, StreamBatch
+from services.orchestrator.database import Database
 from services.orchestrator.inflight import lost_operations
 from services.orchestrator.outbox import OutboxRelay
 from services.orchestrator.repository import ObjectRepository
@@ -96,14 +95,8 @@ class Orchestrator:
     again in a transaction of its own, so a message that cannot be applied never fails the others.
     """
 
-    def __init__(
-        self,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        redis: Redis,
-        relay: OutboxRelay,
-        service: ObjectService,
-    ) -> None:
-        self.sessionmaker = sessionmaker
+    def __init__(self, database: Database, redis: Redis, relay: OutboxRelay, service: ObjectService) -> None:
+        self.database = database
         self.redis = redis
         self.relay = relay
         self.service = service
@@ -173,8 +166,8 @@ class Orchestrator:
                 _settle(queued.future, result=result)
 
     async def _transaction(self, batch: list[_Queued[Any]]) -> list[Any]:
-        async with self.sessionmaker.begin() as session:
-            uow = UnitOfWork(session)
+        async with self.database.transaction() as connection:
+            uow = UnitOfWork(connection)
             # One statement for the batch's row locks instead of one per use case.
             known = {queued.job.object_id for queued in batch if queued.job.object_id is not None}
             if len(known) > 1:
@@ -217,8 +210,8 @@ class Orchestrator:
             log.warning("cancellation.not_told", count=len(runs), exc_info=True)
 
     async def admit(self) -> int:
-        async with self.sessionmaker.begin() as session:
-            uow = UnitOfWork(session)
+        async with self.database.transaction() as connection:
+            uow = UnitOfWork(connection)
             admitted = await self.service.admit(uow)
             outbox = await uow.flush()
         await self.relay.publish_committed(outbox)
@@ -290,13 +283,13 @@ class Orchestrator:
         """Send again the remaining operations of every object whose running operation was handed over more than
         `older_than_seconds` ago and that Redis has lost track of."""
         before = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
-        async with self.sessionmaker() as session:
-            in_flight = await ObjectRepository(session).in_flight_dispatched_before(before)
+        async with self.database.connection() as connection:
+            in_flight = await ObjectRepository(connection).in_flight_dispatched_before(before)
         lost = await lost_operations(self.redis, in_flight)
         if not lost:
             return 0
-        async with self.sessionmaker.begin() as session:
-            uow = UnitOfWork(session)
+        async with self.database.transaction() as connection:
+            uow = UnitOfWork(connection)
             count = await self.service.redispatch(uow, lost, before)
             outbox = await uow.flush()
         await self.relay.publish_committed(outbox)
@@ -304,8 +297,8 @@ class Orchestrator:
 
     async def database_ready(self) -> bool:
         try:
-            async with self.sessionmaker() as session:
-                await session.execute(text("SELECT 1"))
+            async with self.database.connection() as connection:
+                await connection.execute("SELECT 1")
         except Exception:  # noqa: BLE001 - any failure means: not now
             return False
         return True

@@ -15,11 +15,10 @@ from collections.abc import Sequence
 
 import structlog
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from libs.common.db.models import OutboxMessage
 from libs.common.events.streams import DATA_FIELD
-from services.orchestrator.repository import OutboxRepository
+from services.orchestrator.database import Database
+from services.orchestrator.repository import OutboxRepository, OutboxRow
 
 log = structlog.get_logger()
 
@@ -29,14 +28,14 @@ FLUSH_SECONDS = 0.1
 
 
 class OutboxRelay:
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], redis: Redis, stream_maxlen: int) -> None:
-        self.sessionmaker = sessionmaker
+    def __init__(self, database: Database, redis: Redis, stream_maxlen: int) -> None:
+        self.database = database
         self.redis = redis
         self.stream_maxlen = stream_maxlen
         self._published: list[int] = []
         """Ids of rows on their streams and not yet deleted."""
 
-    async def publish_committed(self, rows: Sequence[OutboxMessage]) -> None:
+    async def publish_committed(self, rows: Sequence[OutboxRow]) -> None:
         """Publish rows that the caller's transaction has just committed; they are deleted soon after."""
         if not rows:
             return
@@ -49,9 +48,8 @@ class OutboxRelay:
         if not ids:
             return
         try:
-            async with self.sessionmaker() as session:
-                await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-                await OutboxRepository(session).delete(ids)
+            async with self.database.connection() as connection:
+                await OutboxRepository(connection).delete(ids)
         except BaseException:
             self._published.extend(ids)  # the next flush tries again
             raise
@@ -61,8 +59,8 @@ class OutboxRelay:
         them. Returns how many."""
         if ids is not None and not ids:
             return 0
-        async with self.sessionmaker.begin() as session:
-            outbox = OutboxRepository(session)
+        async with self.database.transaction() as connection:
+            outbox = OutboxRepository(connection)
             rows = await outbox.lock_batch(ids, BATCH_SIZE, min_age_seconds)
             if not rows:
                 return 0
@@ -70,7 +68,7 @@ class OutboxRelay:
             await outbox.delete([row.id for row in rows])
         return len(rows)
 
-    async def _xadd(self, rows: Sequence[OutboxMessage]) -> None:
+    async def _xadd(self, rows: Sequence[OutboxRow]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             for row in rows:
                 pipe.xadd(row.stream, {DATA_FIELD: row.body}, maxlen=self.stream_maxlen, approximate=True)

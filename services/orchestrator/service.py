@@ -12,12 +12,11 @@ from functools import cached_property
 from typing import Any, Literal
 from uuid import UUID, uuid4
 
+import asyncpg
 import structlog
 from pydantic import BaseModel
-from sqlalchemy.ext.asyncio import AsyncSession
 from statemachine.exceptions import TransitionNotAllowed
 
-from libs.common.db.models import OutboxMessage, ProcessingObject
 from libs.common.domain import ObjectState
 from libs.common.events import (
     CancelObjectV1,
@@ -36,7 +35,7 @@ from libs.common.events import (
 from libs.common.events.streams import OBJECT_EVENTS, OPERATION_COMMANDS
 from libs.common.progress import build_progress_document
 from services.orchestrator.machine import next_state
-from services.orchestrator.repository import InFlight, ObjectRepository
+from services.orchestrator.repository import InFlight, ObjectRepository, ObjectRow, OutboxRow
 
 log = structlog.get_logger()
 
@@ -57,29 +56,37 @@ class ResultAheadError(Exception):
 
 @dataclass
 class UnitOfWork:
-    """What one transaction did: the rows it appends (audit, progress events, outbox messages), written together by
-    `flush`, and whether a processing slot may be free."""
+    """What one transaction did: the objects it changed and the rows it appends (audit, progress events, outbox
+    messages), written together by `flush`, and whether a processing slot may be free."""
 
-    session: AsyncSession
+    connection: asyncpg.Connection
     transitions: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
-    outbox: list[OutboxMessage] = field(default_factory=list)
+    outbox: list[OutboxRow] = field(default_factory=list)
     admission_needed: bool = False
     slot_freed: bool = False
     """An object left `processing` in this transaction: admission will find a slot, so it need not count first."""
-    locked: dict[UUID, ProcessingObject] = field(default_factory=dict)
-    """Objects this transaction has locked: a row lock holds until commit, so a second lock needs no statement."""
-    inserted: dict[UUID, ProcessingObject | None] = field(default_factory=dict)
+    locked: dict[UUID, ObjectRow] = field(default_factory=dict)
+    """Objects this transaction has locked or inserted, each as one ObjectRow: a row lock holds until commit, so a
+    second lock needs no statement, and `flush` writes back those that changed."""
+    inserted: dict[UUID, ObjectRow | None] = field(default_factory=dict)
     """Submissions this transaction has inserted up front: the new object, or None where the identifier was taken."""
     cancelled_runs: list[tuple[UUID, UUID]] = field(default_factory=list)
     """(object, task) of processing objects whose cancellation this transaction records: once it commits, the
     executor running the object's operations is told, so that it starts no further one."""
 
+    _appended: tuple[int, int, int] = (0, 0, 0)
+    """How many transitions, events and outbox rows are written."""
+
     @cached_property
     def objects(self) -> ObjectRepository:
-        return ObjectRepository(self.session)
+        return ObjectRepository(self.connection)
 
-    async def lock(self, object_id: UUID) -> ProcessingObject | None:
+    def track(self, rows: Iterable[ObjectRow]) -> list[ObjectRow]:
+        """The rows as this transaction knows them: one already held stands for a copy read again."""
+        return [self.locked.setdefault(row.id, row) for row in rows]
+
+    async def lock(self, object_id: UUID) -> ObjectRow | None:
         """The object, locked until this transaction ends; None if there is no such object."""
         obj = self.locked.get(object_id)
         if obj is None:
@@ -90,16 +97,27 @@ class UnitOfWork:
 
     async def lock_all(self, object_ids: Iterable[UUID]) -> None:
         """Lock these objects up front, in one statement: a batch's use cases then find them locked."""
-        for obj in await self.objects.lock_all(object_ids):
-            self.locked[obj.id] = obj
+        self.track(await self.objects.lock_all(object_ids))
 
     def emit(self, stream: str, message: BaseModel) -> None:
-        self.outbox.append(OutboxMessage(stream=stream, body=message.model_dump_json()))
+        self.outbox.append(OutboxRow(stream, message.model_dump_json()))
 
-    async def flush(self) -> list[OutboxMessage]:
-        """Write the appended rows, in one statement (they commit with the transaction); returns the outbox rows,
-        with their ids, for the relay."""
-        await self.objects.append(self.transitions, self.events, self.outbox)
+    async def write_changes(self) -> None:
+        """Write back the objects changed so far, for a statement that must see them (admission counts them)."""
+        if changed := [row for row in self.locked.values() if row.changed()]:
+            await self.objects.write(changed, (), (), ())
+
+    async def flush(self) -> list[OutboxRow]:
+        """Write back the changed objects and write the appended rows, in one statement (they commit with the
+        transaction); returns the outbox rows, with their ids, for the relay."""
+        transitions, events, outbox = self._appended
+        await self.objects.write(
+            [row for row in self.locked.values() if row.changed()],
+            self.transitions[transitions:],
+            self.events[events:],
+            self.outbox[outbox:],
+        )
+        self._appended = (len(self.transitions), len(self.events), len(self.outbox))
         return self.outbox
 
 
@@ -112,7 +130,9 @@ class ObjectService:
     async def insert_all(self, uow: UnitOfWork, commands: Sequence[SubmitObjectV1]) -> None:
         """Insert the objects of several submissions in one statement, ahead of their `submit` use cases, which then
         find their row (or that their identifier was taken) in `uow.inserted`."""
-        created = {obj.id: obj for obj in await uow.objects.insert_all_new([self._new_row(c) for c in commands])}
+        created = {
+            obj.id: obj for obj in uow.track(await uow.objects.insert_all_new([self._new_row(c) for c in commands]))
+        }
         for command in commands:
             uow.inserted[command.object_id] = created.get(command.object_id)
 
@@ -122,6 +142,8 @@ class ObjectService:
             obj = uow.inserted.pop(command.object_id)
         else:
             obj = await uow.objects.insert_if_new(self._new_row(command))
+            if obj is not None:
+                uow.track([obj])
         if obj is None:
             # The identifier is taken. If it is taken by this very command (a redelivery), it was accepted.
             existing = await uow.objects.lock_by_identifier(command.tenant, command.identifier)
@@ -257,11 +279,12 @@ class ObjectService:
         # The lock only when a slot looks free: with a backlog, every submission asks and the cap is nearly always
         # full. A look that misses a slot freed by a concurrent transaction loses nothing: that transaction admits.
         # (A transaction that freed a slot itself need not look: it would find the slot.)
+        await uow.write_changes()  # the count must see this transaction's own state changes
         if uow.slot_freed:
             await uow.objects.lock_admission()
         elif not await uow.objects.lock_admission_if_below(self.max_parallel_workers):
             return 0
-        admitted = await uow.objects.lock_oldest_queued_within(self.max_parallel_workers)
+        admitted = uow.track(await uow.objects.lock_oldest_queued_within(self.max_parallel_workers))
         for obj in admitted:
             self._transition(uow, obj, "start")
             obj.started_at = _now()
@@ -282,7 +305,7 @@ class ObjectService:
         running = {item.object_id: item.operation for item in lost}
         objects = [
             obj
-            for obj in await uow.objects.lock_in_flight(list(running), dispatched_before)
+            for obj in uow.track(await uow.objects.lock_in_flight(list(running), dispatched_before))
             if obj.current_operation == running[obj.id]
         ]
         for obj in objects:
@@ -296,7 +319,7 @@ class ObjectService:
 
     # --- internals -------------------------------------------------------------------------------
 
-    async def _lock_for_result(self, uow: UnitOfWork, event: OperationMessage) -> ProcessingObject | None:
+    async def _lock_for_result(self, uow: UnitOfWork, event: OperationMessage) -> ObjectRow | None:
         """The object a result belongs to, or None when the result is stale or a duplicate and must change nothing.
 
         This is what makes results idempotent, without an inbox table: a result applies only to the object's
@@ -334,15 +357,15 @@ class ObjectService:
         return obj
 
     @staticmethod
-    def _pending_operations(obj: ProcessingObject) -> list[str]:
+    def _pending_operations(obj: ObjectRow) -> list[str]:
         return [op for op in obj.operations if not obj.operations_status.get(op, {}).get("completed")]
 
     @staticmethod
-    def _make_current(obj: ProcessingObject, operation: str) -> None:
+    def _make_current(obj: ObjectRow, operation: str) -> None:
         obj.current_operation = operation
         obj.operations_status = {**obj.operations_status, operation: {"completed": False}}
 
-    def _dispatch_remaining(self, uow: UnitOfWork, obj: ProcessingObject, *, resent: bool = False) -> bool:
+    def _dispatch_remaining(self, uow: UnitOfWork, obj: ObjectRow, *, resent: bool = False) -> bool:
         """Send the operations not yet completed, as one chain, to the executors. False when none is left."""
         pending = self._pending_operations(obj)
         if not pending:
@@ -371,7 +394,7 @@ class ObjectService:
         )
         return True
 
-    def _finish(self, uow: UnitOfWork, obj: ProcessingObject, event: str, detail: str | None = None) -> None:
+    def _finish(self, uow: UnitOfWork, obj: ObjectRow, event: str, detail: str | None = None) -> None:
         self._transition(uow, obj, event, detail=detail)
         obj.finished_at = _now()
         self._record_change(uow, obj, "state_changed")
@@ -379,7 +402,7 @@ class ObjectService:
         uow.slot_freed = True
         log.info("object.finished", object_id=str(obj.id), state=obj.state, error=obj.error_message)
 
-    def _transition(self, uow: UnitOfWork, obj: ProcessingObject, event: str, detail: str | None = None) -> None:
+    def _transition(self, uow: UnitOfWork, obj: ObjectRow, event: str, detail: str | None = None) -> None:
         before = obj.state
         try:
             obj.state = next_state(before, event)
@@ -390,7 +413,7 @@ class ObjectService:
 
     @staticmethod
     def _new_row(command: SubmitObjectV1) -> dict[str, Any]:
-        """A submitted object's row, keyed by attribute name (the ORM's bulk insert takes them so)."""
+        """A submitted object's row, keyed by attribute name (repository.INSERT_ALL_NEW's columns)."""
         now = _now()
         # The row goes in as its transaction leaves it: queued (the state machine's move from pending, decided
         # before the INSERT), with its first event numbered. Inserted pending, it needed an UPDATE after.
@@ -419,7 +442,7 @@ class ObjectService:
     @staticmethod
     def _audit(
         uow: UnitOfWork,
-        obj: ProcessingObject,
+        obj: ObjectRow,
         before: str | None,
         event: str,
         detail: str | None = None,
@@ -437,13 +460,13 @@ class ObjectService:
         )
 
     @classmethod
-    def _record_change(cls, uow: UnitOfWork, obj: ProcessingObject, change: Change) -> None:
+    def _record_change(cls, uow: UnitOfWork, obj: ObjectRow, change: Change) -> None:
         obj.event_seq += 1
         obj.updated_at = _now()
         cls._append_event(uow, obj, change)
 
     @staticmethod
-    def _append_event(uow: UnitOfWork, obj: ProcessingObject, change: Change) -> None:
+    def _append_event(uow: UnitOfWork, obj: ObjectRow, change: Change) -> None:
         """The object's progress event number `event_seq`, as it stands: stored, and sent to the subscribers."""
         document = build_progress_document(obj)
         uow.events.append(
@@ -457,7 +480,7 @@ class ObjectService:
     def _reply(
         command: SubmitObjectV1 | CancelObjectV1 | RetryObjectV1,
         outcome: Literal["accepted", "exists", "conflict", "not_found"],
-        obj: ProcessingObject | None,
+        obj: ObjectRow | None,
         detail: str = "",
     ) -> CommandReplyV1:
         return CommandReplyV1(

@@ -3,14 +3,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from libs.common.settings import DatabaseSettings
 
 
-def create_engine(settings: DatabaseSettings, *, pre_ping: bool = True) -> AsyncEngine:
-    """`pre_ping` tests each connection before use (a round trip per checkout): right for request handlers, which
-    would otherwise answer 503 once per stale connection after a database restart; stream consumers skip it,
-    because a failed handler is retried anyway."""
+def create_engine(settings: DatabaseSettings) -> AsyncEngine:
+    """Each connection is tested before use (a round trip per checkout): request handlers would otherwise answer 503
+    once per stale connection after a database restart. (The orchestrator, a stream consumer whose failed handlers
+    are retried anyway, uses asyncpg itself: services/orchestrator/database.py.)"""
     return create_async_engine(
         str(settings.database_url),
         pool_size=settings.database_pool_size,
-        pool_pre_ping=pre_ping,
+        pool_pre_ping=True,
     )
 
 

@@ -1,20 +1,26 @@
-"""Databases of their own for tests whose subject is global to a database.
+"""The orchestrator's database, and databases of their own for tests whose subject is global to a database.
 
 Admission counts every `processing` object and takes the oldest `queued` ones, and the outbox sweep takes every
 pending row: on the session's shared database they would see other tests' objects and rows. Such tests get a
 fresh database, cloned from a template migrated once per session (cloning is much faster than migrating).
+
+The orchestrator talks to PostgreSQL through asyncpg (services/orchestrator/database.py); tests read what it wrote
+through SQLAlchemy's models, which are the schema, and so check its SQL against them.
 """
 
 import asyncio
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
+from services.orchestrator.database import Database
 from tests.conftest import ROOT, _admin_connection, required_env
 
 
@@ -29,6 +35,36 @@ async def _drop(name: str) -> None:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+class Statements:
+    """The statements a Database's connections send, as asyncpg logs them, for tests that count them."""
+
+    def __init__(self) -> None:
+        self._watches: list[tuple[Callable[[str], bool], list[str]]] = []
+
+    def watch(self, wanted: Callable[[str], bool]) -> list[str]:
+        """A list that receives, from now on, each statement `wanted` picks."""
+        sent: list[str] = []
+        self._watches.append((wanted, sent))
+        return sent
+
+    def record(self, query: Any) -> None:  # an asyncpg LoggedQuery
+        for wanted, sent in self._watches:
+            if wanted(query.query):
+                sent.append(query.query)
+
+    async def attach(self, connection: asyncpg.Connection) -> None:
+        connection.add_query_logger(self.record)  # a set: attaching again at every acquire adds nothing
+
+
+@pytest.fixture(scope="session")
+async def database(database_url: str) -> AsyncIterator[Database]:
+    """The orchestrator's Database over the session's shared database."""
+    db = Database(database_url, size=5)
+    await db.open()
+    yield db
+    await db.close()
 
 
 @pytest.fixture(scope="session")
@@ -55,17 +91,42 @@ async def template_database() -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def isolated_sessionmaker(template_database: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    """A sessionmaker over a fresh, migrated database that only this test uses."""
+async def isolated_url(template_database: str) -> AsyncIterator[str]:
+    """The URL of a fresh, migrated database that only this test uses."""
     name = f"opa_iso_{uuid.uuid4().hex[:12]}"
     admin = await _admin_connection()
     try:
         await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
     finally:
         await admin.close()
-    engine = create_async_engine(_url_of(name))
+    try:
+        yield _url_of(name)
+    finally:
+        await _drop(name)
+
+
+@pytest.fixture
+async def isolated_sessionmaker(isolated_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """A sessionmaker over the test's own database."""
+    engine = create_async_engine(isolated_url)
     try:
         yield async_sessionmaker(engine, expire_on_commit=False)
     finally:
         await engine.dispose()
-        await _drop(name)
+
+
+@pytest.fixture
+def statements() -> Statements:
+    """What `isolated_database` sends."""
+    return Statements()
+
+
+@pytest.fixture
+async def isolated_database(isolated_url: str, statements: Statements) -> AsyncIterator[Database]:
+    """The orchestrator's Database over the test's own database."""
+    db = Database(isolated_url, size=5, setup=statements.attach)
+    await db.open()
+    try:
+        yield db
+    finally:
+        await db.close()

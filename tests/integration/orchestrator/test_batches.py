@@ -1,8 +1,7 @@
 """The orchestrator's batch reads, against PostgreSQL and Redis: entries are acknowledged one by one, a batch's
 row locks take one statement, and so do its submissions' inserts."""
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any, cast
 from uuid import uuid4
 
@@ -11,7 +10,7 @@ import pytest
 from faststream.redis.message import BatchStreamMessage
 from pydantic import TypeAdapter
 from redis.asyncio import Redis
-from sqlalchemy import event, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.common.db.models import ObjectEvent, ObjectTransition, ProcessingObject
@@ -19,12 +18,19 @@ from libs.common.domain import Operation
 from libs.common.events import AnyOperationResult, CommandReplyV1, OperationStartedV1, SubmitObjectV1
 from libs.common.events.streams import DATA_FIELD, DEAD_LETTERS, OPERATION_RESULTS, ORCHESTRATOR_GROUP
 from services.orchestrator.batches import StreamBatch
+from services.orchestrator.database import Database
 from services.orchestrator.handlers import Job, Orchestrator
 from services.orchestrator.outbox import OutboxRelay
 from services.orchestrator.service import ObjectService
 from services.orchestrator.settings import OrchestratorSettings
+from tests.integration.orchestrator.conftest import Statements
 
 Sessionmaker = async_sessionmaker[AsyncSession]
+
+
+def orchestrating(database: Database, redis: Redis) -> tuple[ObjectService, Orchestrator]:
+    service = ObjectService(max_parallel_workers=3)
+    return service, Orchestrator(database, redis, OutboxRelay(database, redis, stream_maxlen=1000), service)
 
 
 def started(object_id: Any = None) -> OperationStartedV1:
@@ -78,42 +84,18 @@ async def test_a_batch_acknowledges_what_it_applied_and_parked_and_leaves_a_fail
     assert letters[1]["reason"] == f"entry has no {DATA_FIELD} field"
 
 
-@contextmanager
-def statements_sent(sessionmaker: Sessionmaker, wanted: Callable[[str], bool]) -> Iterator[list[str]]:
-    """The statements sent to PostgreSQL through `sessionmaker` while the block runs, of those `wanted` picks."""
-    statements: list[str] = []
-    engine = sessionmaker.kw["bind"].sync_engine
-
-    def on_execute(_conn: object, _cursor: object, statement: str, *_: object) -> None:
-        if wanted(statement):
-            statements.append(statement)
-
-    event.listen(engine, "before_cursor_execute", on_execute)
-    try:
-        yield statements
-    finally:
-        event.remove(engine, "before_cursor_execute", on_execute)
-
-
 @pytest.fixture
-def row_locks(isolated_sessionmaker: Sessionmaker) -> Iterator[list[str]]:
+def row_locks(statements: Statements) -> list[str]:
     """The statements that lock processing_object rows."""
-    with statements_sent(
-        isolated_sessionmaker,
-        lambda sql: "FROM processing_object" in sql and "FOR UPDATE" in sql and "SKIP LOCKED" not in sql,
-    ) as statements:
-        yield statements
+    return statements.watch(
+        lambda sql: "FROM processing_object" in sql and "FOR UPDATE" in sql and "SKIP LOCKED" not in sql
+    )
 
 
 async def test_the_row_locks_of_a_batch_take_one_statement(
-    isolated_sessionmaker: Sessionmaker, clean: Redis, row_locks: list[str]
+    isolated_sessionmaker: Sessionmaker, isolated_database: Database, clean: Redis, row_locks: list[str]
 ) -> None:
-    orchestrator = Orchestrator(
-        isolated_sessionmaker,
-        clean,
-        OutboxRelay(isolated_sessionmaker, clean, stream_maxlen=1000),
-        ObjectService(max_parallel_workers=3),
-    )
+    _, orchestrator = orchestrating(isolated_database, clean)
     commands = [
         SubmitObjectV1(object_id=uuid4(), identifier=f"it-batch-{uuid4().hex}", operations=[Operation("validate")])
         for _ in range(3)
@@ -147,23 +129,15 @@ async def test_the_row_locks_of_a_batch_take_one_statement(
 
 
 @pytest.fixture
-def object_inserts(isolated_sessionmaker: Sessionmaker) -> Iterator[list[str]]:
+def object_inserts(statements: Statements) -> list[str]:
     """The INSERT statements into processing_object."""
-    with statements_sent(
-        isolated_sessionmaker, lambda sql: sql.lstrip().startswith("INSERT INTO processing_object")
-    ) as statements:
-        yield statements
-
-
-def orchestrating(sessionmaker: Sessionmaker, redis: Redis) -> tuple[ObjectService, Orchestrator]:
-    service = ObjectService(max_parallel_workers=3)
-    return service, Orchestrator(sessionmaker, redis, OutboxRelay(sessionmaker, redis, stream_maxlen=1000), service)
+    return statements.watch(lambda sql: sql.lstrip().startswith("INSERT INTO processing_object"))
 
 
 async def test_a_batch_of_submissions_inserts_in_one_statement_and_answers_each_as_alone(
-    isolated_sessionmaker: Sessionmaker, clean: Redis, object_inserts: list[str]
+    isolated_sessionmaker: Sessionmaker, isolated_database: Database, clean: Redis, object_inserts: list[str]
 ) -> None:
-    service, orchestrator = orchestrating(isolated_sessionmaker, clean)
+    service, orchestrator = orchestrating(isolated_database, clean)
 
     def submission(identifier: str, object_id: Any = None) -> SubmitObjectV1:
         return SubmitObjectV1(object_id=object_id or uuid4(), identifier=identifier, operations=[Operation("validate")])
@@ -207,9 +181,9 @@ async def test_a_batch_of_submissions_inserts_in_one_statement_and_answers_each_
 
 
 async def test_a_command_twice_in_one_batch_is_one_object_and_accepted_twice(
-    isolated_sessionmaker: Sessionmaker, clean: Redis, object_inserts: list[str]
+    isolated_database: Database, clean: Redis, object_inserts: list[str]
 ) -> None:
-    service, orchestrator = orchestrating(isolated_sessionmaker, clean)
+    service, orchestrator = orchestrating(isolated_database, clean)
     command = SubmitObjectV1(
         object_id=uuid4(), identifier=f"it-twice-{uuid4().hex}", operations=[Operation("validate")]
     )

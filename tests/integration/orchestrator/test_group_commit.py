@@ -3,46 +3,44 @@ that fails never takes the others down with it."""
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from uuid import UUID, uuid4
 
 import pytest
 from redis.asyncio import Redis
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.common.db.models import ObjectEvent, ProcessingObject
 from libs.common.events import CommandReplyV1, SubmitObjectV1
+from services.orchestrator.database import Database
 from services.orchestrator.handlers import Orchestrator
 from services.orchestrator.outbox import OutboxRelay
 from services.orchestrator.service import ObjectService, UnitOfWork
+from tests.integration.orchestrator.conftest import Statements
 
 Sessionmaker = async_sessionmaker[AsyncSession]
 
 
 @pytest.fixture
-def orchestrator(isolated_sessionmaker: Sessionmaker, redis: Redis) -> Orchestrator:
-    relay = OutboxRelay(isolated_sessionmaker, redis, stream_maxlen=10_000)
-    return Orchestrator(isolated_sessionmaker, redis, relay, ObjectService(max_parallel_workers=3))
+def orchestrator(isolated_database: Database, redis: Redis) -> Orchestrator:
+    relay = OutboxRelay(isolated_database, redis, stream_maxlen=10_000)
+    return Orchestrator(isolated_database, redis, relay, ObjectService(max_parallel_workers=3))
 
 
 @pytest.fixture
-def transactions(isolated_sessionmaker: Sessionmaker) -> Iterator[Counter[str]]:
-    """How many transactions committed and rolled back on the test's database, counted by the engine."""
+def transactions(statements: Statements) -> Counter[str]:
+    """How many transactions the orchestrator committed and rolled back on the test's database."""
     counts: Counter[str] = Counter()
-    engine = isolated_sessionmaker.kw["bind"].sync_engine
+    ends = {"COMMIT;": "commit", "ROLLBACK;": "rollback"}  # what asyncpg's Transaction sends
 
-    def on_commit(_connection: object) -> None:
-        counts["commit"] += 1
+    def ended(sql: str) -> bool:
+        if sql in ends:
+            counts[ends[sql]] += 1
+        return False
 
-    def on_rollback(_connection: object) -> None:
-        counts["rollback"] += 1
-
-    event.listen(engine, "commit", on_commit)
-    event.listen(engine, "rollback", on_rollback)
-    yield counts
-    event.remove(engine, "commit", on_commit)
-    event.remove(engine, "rollback", on_rollback)
+    statements.watch(ended)
+    return counts
 
 
 def submission() -> SubmitObjectV1:

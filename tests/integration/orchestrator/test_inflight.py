@@ -23,6 +23,7 @@ from libs.common.events.streams import (
     cancel_requested_key,
     running_operation_key,
 )
+from services.orchestrator.database import Database
 from services.orchestrator.handlers import Orchestrator
 from services.orchestrator.outbox import OutboxRelay
 from services.orchestrator.repository import InFlight
@@ -30,9 +31,9 @@ from services.orchestrator.service import ObjectService, ResultAheadError, UnitO
 
 
 @pytest.fixture
-def orchestrator(isolated_sessionmaker: async_sessionmaker[AsyncSession], clean: Redis) -> Orchestrator:
-    relay = OutboxRelay(isolated_sessionmaker, clean, stream_maxlen=1000)
-    return Orchestrator(isolated_sessionmaker, clean, relay, ObjectService(max_parallel_workers=3))
+def orchestrator(isolated_database: Database, clean: Redis) -> Orchestrator:
+    relay = OutboxRelay(isolated_database, clean, stream_maxlen=1000)
+    return Orchestrator(isolated_database, clean, relay, ObjectService(max_parallel_workers=3))
 
 
 async def submit(orchestrator: Orchestrator, operations: Sequence[str] = ("validate",)) -> UUID:
@@ -193,8 +194,8 @@ async def test_an_object_whose_chain_moved_on_since_it_was_found_is_left_alone(
     found = InFlight(object_id, "validate", command.task_id)  # found with no trace of validate in Redis...
     await orchestrator.handle_results([_result(command, Operation.VALIDATE, 0)])  # ...but it completed meanwhile
 
-    async with isolated_sessionmaker.begin() as session:
-        uow = UnitOfWork(session)
+    async with orchestrator.database.transaction() as connection:
+        uow = UnitOfWork(connection)
         assert await orchestrator.service.redispatch(uow, [found], datetime.now(UTC)) == 0
         await uow.flush()
 

@@ -16,7 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.common.db.models import OutboxMessage
 from libs.common.events.streams import DATA_FIELD
+from services.orchestrator.database import Database
 from services.orchestrator.outbox import BATCH_SIZE, OutboxRelay
+from services.orchestrator.repository import OutboxRow
 
 Sessionmaker = async_sessionmaker[AsyncSession]
 
@@ -62,12 +64,12 @@ async def drain(relay: OutboxRelay) -> int:
 
 
 async def test_publish_adds_each_row_to_its_stream_in_order_and_deletes_it(
-    sessionmaker: Sessionmaker, redis: Redis, streams: list[str]
+    sessionmaker: Sessionmaker, database: Database, redis: Redis, streams: list[str]
 ) -> None:
     first, second = streams
     rows = [(first, body(1)), (second, body(2)), (first, body(3))]
     ids = await add_rows(sessionmaker, rows)
-    relay = OutboxRelay(sessionmaker, redis, stream_maxlen=1000)
+    relay = OutboxRelay(database, redis, stream_maxlen=1000)
 
     assert await relay.publish(ids) == 3
 
@@ -77,10 +79,10 @@ async def test_publish_adds_each_row_to_its_stream_in_order_and_deletes_it(
 
 
 async def test_publish_does_nothing_when_rows_are_already_published(
-    sessionmaker: Sessionmaker, redis: Redis, streams: list[str]
+    sessionmaker: Sessionmaker, database: Database, redis: Redis, streams: list[str]
 ) -> None:
     ids = await add_rows(sessionmaker, [(streams[0], body(1))])
-    relay = OutboxRelay(sessionmaker, redis, stream_maxlen=1000)
+    relay = OutboxRelay(database, redis, stream_maxlen=1000)
     assert await relay.publish(ids) == 1
 
     assert await relay.publish(ids) == 0
@@ -89,27 +91,27 @@ async def test_publish_does_nothing_when_rows_are_already_published(
 
 
 async def test_publish_keeps_the_rows_when_redis_is_unreachable(
-    sessionmaker: Sessionmaker, redis: Redis, streams: list[str]
+    sessionmaker: Sessionmaker, database: Database, redis: Redis, streams: list[str]
 ) -> None:
     ids = await add_rows(sessionmaker, [(streams[0], body(1)), (streams[0], body(2))])
     unreachable = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1)
     try:
         with pytest.raises(RedisConnectionError):
-            await OutboxRelay(sessionmaker, unreachable, stream_maxlen=1000).publish(ids)
+            await OutboxRelay(database, unreachable, stream_maxlen=1000).publish(ids)
     finally:
         await unreachable.aclose()
 
     assert await remaining(sessionmaker, ids) == 2
-    assert await OutboxRelay(sessionmaker, redis, stream_maxlen=1000).publish(ids) == 2
+    assert await OutboxRelay(database, redis, stream_maxlen=1000).publish(ids) == 2
     assert len(await bodies(redis, streams[0])) == 2
 
 
 async def test_two_relays_publish_the_same_rows_exactly_once(
-    sessionmaker: Sessionmaker, redis: Redis, streams: list[str]
+    sessionmaker: Sessionmaker, database: Database, redis: Redis, streams: list[str]
 ) -> None:
     rows = [(streams[n % 2], body(n)) for n in range(50)]
     ids = await add_rows(sessionmaker, rows)
-    relays = [OutboxRelay(sessionmaker, redis, stream_maxlen=1000) for _ in range(2)]
+    relays = [OutboxRelay(database, redis, stream_maxlen=1000) for _ in range(2)]
 
     counts = await asyncio.gather(*(relay.publish(ids) for relay in relays))
 
@@ -120,12 +122,12 @@ async def test_two_relays_publish_the_same_rows_exactly_once(
 
 
 async def test_two_sweeping_relays_publish_every_pending_row_exactly_once(
-    isolated_sessionmaker: Sessionmaker, redis: Redis, streams: list[str]
+    isolated_sessionmaker: Sessionmaker, isolated_database: Database, redis: Redis, streams: list[str]
 ) -> None:
     # More rows than one batch, so each relay sweeps several batches while the other holds some locked.
     rows = [(streams[n % 2], body(n)) for n in range(2 * BATCH_SIZE + 123)]
     await add_rows(isolated_sessionmaker, rows)
-    relays = [OutboxRelay(isolated_sessionmaker, redis, stream_maxlen=100_000) for _ in range(2)]
+    relays = [OutboxRelay(isolated_database, redis, stream_maxlen=100_000) for _ in range(2)]
 
     counts = await asyncio.gather(*(drain(relay) for relay in relays))
 
@@ -138,9 +140,9 @@ async def test_two_sweeping_relays_publish_every_pending_row_exactly_once(
 
 
 async def test_run_sweeps_rows_committed_after_it_started(
-    isolated_sessionmaker: Sessionmaker, redis: Redis, streams: list[str]
+    isolated_sessionmaker: Sessionmaker, isolated_database: Database, redis: Redis, streams: list[str]
 ) -> None:
-    relay = OutboxRelay(isolated_sessionmaker, redis, stream_maxlen=1000)
+    relay = OutboxRelay(isolated_database, redis, stream_maxlen=1000)
     sweeper = asyncio.create_task(relay.run(interval=0.05))
     try:
         ids = await add_rows(isolated_sessionmaker, [(streams[0], body(1)), (streams[1], body(2))])
@@ -156,12 +158,12 @@ async def test_run_sweeps_rows_committed_after_it_started(
 
 
 async def test_publish_committed_adds_rows_from_memory_and_deletes_them(
-    sessionmaker: Sessionmaker, redis: Redis, streams: list[str]
+    sessionmaker: Sessionmaker, database: Database, redis: Redis, streams: list[str]
 ) -> None:
-    async with sessionmaker.begin() as session:
-        rows = [OutboxMessage(stream=streams[0], body=body(n)) for n in range(3)]
-        session.add_all(rows)
-    relay = OutboxRelay(sessionmaker, redis, stream_maxlen=1000)
+    texts = [body(n) for n in range(3)]
+    ids = await add_rows(sessionmaker, [(streams[0], text) for text in texts])
+    rows = [OutboxRow(streams[0], text, row_id) for text, row_id in zip(texts, ids, strict=True)]
+    relay = OutboxRelay(database, redis, stream_maxlen=1000)
 
     await relay.publish_committed(rows)
 
@@ -172,10 +174,10 @@ async def test_publish_committed_adds_rows_from_memory_and_deletes_them(
 
 
 async def test_the_sweep_leaves_fresh_rows_to_the_fast_path(
-    sessionmaker: Sessionmaker, redis: Redis, streams: list[str]
+    sessionmaker: Sessionmaker, database: Database, redis: Redis, streams: list[str]
 ) -> None:
     ids = await add_rows(sessionmaker, [(streams[0], body(1))])
-    relay = OutboxRelay(sessionmaker, redis, stream_maxlen=1000)
+    relay = OutboxRelay(database, redis, stream_maxlen=1000)
 
     assert await relay.publish(ids, min_age_seconds=60) == 0, "committed just now: the fast path publishes it"
     async with sessionmaker.begin() as session:

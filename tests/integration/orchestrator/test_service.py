@@ -2,7 +2,8 @@
 
 Tests that only submit and cancel use the session's shared database and look only at their own objects.
 Admission is global to a database (it counts every `processing` object and takes the oldest `queued` ones),
-so tests that admit run on a database of their own (`isolated_sessionmaker`, see conftest.py).
+so tests that admit run on a database of their own (`isolated_database`, see conftest.py). The use cases run
+on the orchestrator's Database; what they wrote is read back through the models (the schema).
 """
 
 import asyncio
@@ -32,8 +33,10 @@ from libs.common.events import (
     SubmitObjectV1,
 )
 from libs.common.events.streams import OBJECT_EVENTS, OPERATION_COMMANDS
-from services.orchestrator.repository import ObjectRepository
+from services.orchestrator.database import Database
+from services.orchestrator.repository import WRITE, ObjectRepository, OutboxRow
 from services.orchestrator.service import ObjectService, ResultAheadError, UnitOfWork
+from tests.integration.orchestrator.conftest import Statements
 
 T = TypeVar("T")
 Sessionmaker = async_sessionmaker[AsyncSession]
@@ -46,7 +49,7 @@ class Applied(Generic[T]):
     """What one committed use case returned and owes to Redis."""
 
     result: T
-    outbox: list[OutboxMessage]
+    outbox: list[OutboxRow]
     admission_needed: bool
     cancelled_runs: list[tuple[UUID, UUID]]
 
@@ -57,10 +60,10 @@ class Applied(Generic[T]):
         return [ObjectProgressedV1.model_validate_json(m.body) for m in self.outbox if m.stream == OBJECT_EVENTS]
 
 
-async def apply(sessionmaker: Sessionmaker, use_case: Callable[[UnitOfWork], Awaitable[T]]) -> Applied[T]:
+async def apply(database: Database, use_case: Callable[[UnitOfWork], Awaitable[T]]) -> Applied[T]:
     """Run a use case the way services/orchestrator/handlers.py does: one transaction, outbox flushed inside it."""
-    async with sessionmaker.begin() as session:
-        uow = UnitOfWork(session)
+    async with database.transaction() as connection:
+        uow = UnitOfWork(connection)
         result = await use_case(uow)
         await uow.flush()
     return Applied(result, list(uow.outbox), uow.admission_needed, uow.cancelled_runs)
@@ -154,14 +157,15 @@ def failed(run: RunOperationV1, error: str) -> OperationFailedV1:
 class Pipeline:
     """Drives objects on a database of their own, the way handlers and executors would."""
 
-    def __init__(self, sessionmaker: Sessionmaker, max_parallel_workers: int = 3) -> None:
+    def __init__(self, sessionmaker: Sessionmaker, database: Database, max_parallel_workers: int = 3) -> None:
         self.sessionmaker = sessionmaker
+        self.database = database
         self.service = ObjectService(max_parallel_workers)
         self.submitted: list[UUID] = []
 
     async def send(self, command: SubmitObjectV1) -> Applied[CommandReplyV1]:
         self.submitted.append(command.object_id)
-        return await apply(self.sessionmaker, lambda uow: self.service.submit(uow, command))
+        return await apply(self.database, lambda uow: self.service.submit(uow, command))
 
     async def submit(self, operations: Sequence[str] = ("validate", "analyze"), **fields: Any) -> UUID:
         applied = await self.send(submit_command(operations, **fields))
@@ -170,7 +174,7 @@ class Pipeline:
         return applied.result.object_id
 
     async def admit(self) -> Applied[int]:
-        return await apply(self.sessionmaker, self.service.admit)
+        return await apply(self.database, self.service.admit)
 
     async def admit_one(self, object_id: UUID) -> RunOperationV1:
         """Admit, expecting exactly this object's first dispatch."""
@@ -179,22 +183,22 @@ class Pipeline:
         return runs[0]
 
     async def start(self, event: OperationStartedV1) -> Applied[None]:
-        return await apply(self.sessionmaker, lambda uow: self.service.operation_started(uow, event))
+        return await apply(self.database, lambda uow: self.service.operation_started(uow, event))
 
     async def complete(self, event: OperationCompletedV1) -> Applied[None]:
-        return await apply(self.sessionmaker, lambda uow: self.service.operation_completed(uow, event))
+        return await apply(self.database, lambda uow: self.service.operation_completed(uow, event))
 
     async def fail(self, event: OperationFailedV1) -> Applied[None]:
-        return await apply(self.sessionmaker, lambda uow: self.service.operation_failed(uow, event))
+        return await apply(self.database, lambda uow: self.service.operation_failed(uow, event))
 
     async def not_started(self, event: OperationCancelledV1) -> Applied[None]:
-        return await apply(self.sessionmaker, lambda uow: self.service.operation_cancelled(uow, event))
+        return await apply(self.database, lambda uow: self.service.operation_cancelled(uow, event))
 
     async def cancel(self, object_id: UUID) -> Applied[CommandReplyV1]:
-        return await apply(self.sessionmaker, lambda uow: self.service.cancel(uow, CancelObjectV1(object_id=object_id)))
+        return await apply(self.database, lambda uow: self.service.cancel(uow, CancelObjectV1(object_id=object_id)))
 
     async def retry(self, object_id: UUID) -> Applied[CommandReplyV1]:
-        return await apply(self.sessionmaker, lambda uow: self.service.retry(uow, RetryObjectV1(object_id=object_id)))
+        return await apply(self.database, lambda uow: self.service.retry(uow, RetryObjectV1(object_id=object_id)))
 
     async def finish_next(self, run: RunOperationV1, output_url: str | None = None) -> RunOperationV1 | None:
         """Start and complete `run`; return the chain's next step, as the executor goes on with it, if any."""
@@ -209,18 +213,18 @@ class Pipeline:
 
 
 @pytest.fixture
-async def shared(sessionmaker: Sessionmaker) -> AsyncIterator[Pipeline]:
+async def shared(sessionmaker: Sessionmaker, database: Database) -> AsyncIterator[Pipeline]:
     """The session's shared database. Objects left queued are cancelled afterwards, so no admission elsewhere
     (another test's, or a service's) ever picks them up."""
-    pipeline = Pipeline(sessionmaker)
+    pipeline = Pipeline(sessionmaker, database)
     yield pipeline
     for object_id in pipeline.submitted:
         await pipeline.cancel(object_id)
 
 
 @pytest.fixture
-def isolated(isolated_sessionmaker: Sessionmaker) -> Pipeline:
-    return Pipeline(isolated_sessionmaker)
+def isolated(isolated_sessionmaker: Sessionmaker, isolated_database: Database) -> Pipeline:
+    return Pipeline(isolated_sessionmaker, isolated_database)
 
 
 # --- submission ----------------------------------------------------------------------------------------------
@@ -315,8 +319,9 @@ async def test_submit_replies_accepted_without_new_rows_when_redelivered(shared:
 
 async def test_admit_starts_at_most_the_cap_oldest_first_and_dispatches_their_first_operation(
     isolated_sessionmaker: Sessionmaker,
+    isolated_database: Database,
 ) -> None:
-    pipeline = Pipeline(isolated_sessionmaker, max_parallel_workers=2)
+    pipeline = Pipeline(isolated_sessionmaker, isolated_database, max_parallel_workers=2)
     # Identifiers sort against submission order, so only queued_at can explain the admission order.
     ids = [
         await pipeline.submit(["analyze", "export"], identifier=f"it-fifo-{9 - n}-{uuid4().hex[:6]}", payload={"n": n})
@@ -368,6 +373,21 @@ async def test_admit_dispatches_the_object_options_data_url_and_metadata(isolate
     assert run.then == [ChainedOperation(operation=Operation.ANALYZE, options={"top": 3})]
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"big": 2**70, "exact": 12345678901234567890, "float": 0.1, "text": "ü €", "nested": [[], {}, None]},
+        [1, "two", 3.5, True],
+        None,
+    ],
+    ids=["integers-beyond-64-bits", "list", "none"],
+)
+async def test_the_payload_reaches_the_executor_exactly_as_submitted(isolated: Pipeline, payload: Any) -> None:
+    object_id = await isolated.submit(["validate"], payload=payload)
+    assert (await isolated.admit_one(object_id)).payload == payload
+    assert (await snapshot(isolated.sessionmaker, object_id)).obj.payload == payload
+
+
 async def test_admit_fills_only_the_free_slots(isolated: Pipeline) -> None:
     for _ in range(3):
         await isolated.submit()
@@ -379,8 +399,9 @@ async def test_admit_fills_only_the_free_slots(isolated: Pipeline) -> None:
 
 async def test_admit_never_exceeds_the_cap_when_admissions_run_concurrently(
     isolated_sessionmaker: Sessionmaker,
+    isolated_database: Database,
 ) -> None:
-    pipeline = Pipeline(isolated_sessionmaker, max_parallel_workers=3)
+    pipeline = Pipeline(isolated_sessionmaker, isolated_database, max_parallel_workers=3)
     for _ in range(10):
         await pipeline.submit()
 
@@ -393,13 +414,17 @@ async def test_admit_never_exceeds_the_cap_when_admissions_run_concurrently(
     assert await count_objects(isolated_sessionmaker, state="queued") == 7
 
 
-async def test_admit_waits_for_a_concurrent_admission_to_commit(isolated_sessionmaker: Sessionmaker) -> None:
-    pipeline = Pipeline(isolated_sessionmaker, max_parallel_workers=2)
+async def test_admit_waits_for_a_concurrent_admission_to_commit(
+    isolated_sessionmaker: Sessionmaker, isolated_database: Database
+) -> None:
+    pipeline = Pipeline(isolated_sessionmaker, isolated_database, max_parallel_workers=2)
     for _ in range(4):
         await pipeline.submit()
 
-    async with isolated_sessionmaker.begin() as session:
-        assert await pipeline.service.admit(UnitOfWork(session)) == 2
+    async with isolated_database.transaction() as connection:
+        uow = UnitOfWork(connection)
+        assert await pipeline.service.admit(uow) == 2
+        await uow.flush()
         # The first admission holds its transaction open: a second one must not decide until it commits.
         second = asyncio.create_task(pipeline.admit())
         await asyncio.sleep(0.3)
@@ -408,14 +433,16 @@ async def test_admit_waits_for_a_concurrent_admission_to_commit(isolated_session
     assert await count_objects(isolated_sessionmaker, state="processing") == 2
 
 
-async def test_a_full_cap_is_seen_without_waiting_for_the_admission_lock(isolated_sessionmaker: Sessionmaker) -> None:
-    pipeline = Pipeline(isolated_sessionmaker, max_parallel_workers=2)
+async def test_a_full_cap_is_seen_without_waiting_for_the_admission_lock(
+    isolated_sessionmaker: Sessionmaker, isolated_database: Database
+) -> None:
+    pipeline = Pipeline(isolated_sessionmaker, isolated_database, max_parallel_workers=2)
     for _ in range(3):
         await pipeline.submit()
     assert (await pipeline.admit()).result == 2
 
-    async with isolated_sessionmaker.begin() as session:
-        await ObjectRepository(session).lock_admission()  # held for as long as this block runs
+    async with isolated_database.transaction() as connection:
+        await ObjectRepository(connection).lock_admission()  # held for as long as this block runs
         # The cap is full: the look says so at once instead of queueing behind the lock (it would wait forever).
         applied = await asyncio.wait_for(pipeline.admit(), timeout=10)
     assert applied.result == 0
@@ -521,16 +548,18 @@ async def test_started_result_is_applied_once_when_delivered_twice(isolated: Pip
     assert [e.seq for e in after.events] == [e.seq for e in before.events]
 
 
-async def test_completed_result_changes_nothing_when_duplicated(isolated: Pipeline) -> None:
+async def test_completed_result_changes_nothing_when_duplicated(isolated: Pipeline, statements: Statements) -> None:
     object_id = await isolated.submit(["validate", "analyze", "export"])
     run = await isolated.admit_one(object_id)
     event = completed(run)
     first = await isolated.complete(event)
     assert [e.change for e in first.progressed()] == ["operation_completed"]
     before = await snapshot(isolated.sessionmaker, object_id)
+    writes = statements.watch(lambda sql: sql == WRITE)
 
     again = await isolated.complete(event)
 
+    assert writes == [], "nothing changed, so nothing is written"
     assert again.outbox == []
     assert not again.admission_needed
     after = await snapshot(isolated.sessionmaker, object_id)
@@ -624,8 +653,10 @@ async def test_failed_result_fails_the_object_with_its_error_message(isolated: P
     assert detail == message
 
 
-async def test_failure_frees_a_slot_for_the_next_queued_object(isolated_sessionmaker: Sessionmaker) -> None:
-    pipeline = Pipeline(isolated_sessionmaker, max_parallel_workers=1)
+async def test_failure_frees_a_slot_for_the_next_queued_object(
+    isolated_sessionmaker: Sessionmaker, isolated_database: Database
+) -> None:
+    pipeline = Pipeline(isolated_sessionmaker, isolated_database, max_parallel_workers=1)
     first = await pipeline.submit()
     second = await pipeline.submit()
     run = await pipeline.admit_one(first)
