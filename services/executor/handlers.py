@@ -15,6 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from libs.common.broker import StreamSubscription
 from libs.common.events import (
     AnyOperationResult,
     OperationCompletedV1,
@@ -261,7 +262,9 @@ def register(broker: RedisBroker, settings: ExecutorSettings) -> Executor:
     @broker.subscriber(
         # max_records=1: an entry read ahead would sit in this consumer's pending list, unbeaten by any
         # heartbeat, while another operation runs, and could be taken over although nothing failed.
-        stream=StreamSub(OPERATION_COMMANDS, group=EXECUTOR_GROUP, consumer=settings.instance_id, max_records=1),
+        stream=StreamSubscription(
+            OPERATION_COMMANDS, group=EXECUTOR_GROUP, consumer=settings.instance_id, max_records=1
+        ),
         # Acknowledged only after the artifact is in S3 and the result is published; an error leaves it pending.
         ack_policy=AckPolicy.NACK_ON_ERROR,
         title="operation-commands",

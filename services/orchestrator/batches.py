@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
 import structlog
-from faststream.redis import StreamSub
 from faststream.redis.message import FAKE_CONSUMER, BatchStreamMessage, RedisBatchStreamMessage
 from pydantic import TypeAdapter, ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from libs.common.broker import StreamSubscription
 from libs.common.events.streams import DATA_FIELD, ORCHESTRATOR_GROUP, as_text
 from libs.common.reclaim import dead_letter
 from services.orchestrator.service import ResultAheadError
@@ -68,8 +68,8 @@ class StreamBatch(Generic[M]):
     adapter: TypeAdapter[M]
 
     @property
-    def subscription(self) -> "StreamSub[Literal[True]]":
-        return StreamSub(
+    def subscription(self) -> "StreamSubscription[Literal[True]]":
+        return StreamSubscription(
             self.stream, group=ORCHESTRATOR_GROUP, consumer=self.settings.instance_id, batch=True, max_records=MAX_BATCH
         )
 

@@ -1,3 +1,4 @@
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,6 +31,7 @@ def create_app(settings: ProgressSettings) -> FastAPI:
     # No consumer group: every progress instance reads every event (XREAD from "$"), since any of them may hold
     # subscribers of any object; a read at a time, decoding only the events of objects followed here.
     parse, decode = events.reader(hub)
+    linger = settings.events_read_linger_ms / 1000
 
     @broker.subscriber(
         stream=events.SUBSCRIPTION,
@@ -41,6 +43,8 @@ def create_app(settings: ProgressSettings) -> FastAPI:
     async def on_object_events(body: list[ObjectProgressedV1]) -> None:
         for event in body:
             hub.publish(event)
+        # Called only for a read that returned entries: the wait batches a busy stream, and never delays a lone event.
+        await asyncio.sleep(linger)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

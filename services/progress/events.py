@@ -8,13 +8,14 @@ before it reads PostgreSQL, and an event reaches Redis only after its row is com
 """
 
 from collections.abc import Awaitable, Callable
+from typing import Literal
 from uuid import UUID
 
 import orjson
 import structlog
-from faststream.redis import StreamSub
 from faststream.redis.message import FAKE_CONSUMER, BatchStreamMessage, RedisBatchStreamMessage
 
+from libs.common.broker import StreamSubscription
 from libs.common.events import ObjectProgressedV1
 from libs.common.events.streams import DATA_FIELD, OBJECT_EVENTS
 from services.progress.hub import Hub
@@ -23,7 +24,9 @@ log = structlog.get_logger()
 
 EVENTS_PER_READ = 256
 
-SUBSCRIPTION = StreamSub(OBJECT_EVENTS, polling_interval=1000, batch=True, max_records=EVENTS_PER_READ)
+SUBSCRIPTION: "StreamSubscription[Literal[True]]" = StreamSubscription(
+    OBJECT_EVENTS, polling_interval=1000, batch=True, max_records=EVENTS_PER_READ
+)
 
 
 class FollowedEvents(RedisBatchStreamMessage):
