@@ -47,6 +47,16 @@ PUBLISH_ATTEMPTS = 8
 """About 25 s of backoff: longer than a Redis restart."""
 
 
+@dataclass(frozen=True)
+class Published:
+    """What came back with a published result."""
+
+    cancelled: bool = False
+    """The object's cancellation was requested (its cancel key is set)."""
+    held: bool = False
+    """The running key asked for is now this executor's."""
+
+
 @dataclass
 class Executor:
     settings: ExecutorSettings
@@ -70,6 +80,7 @@ class Executor:
         ):
             step: RunOperationV1 | None = command
             busy = False
+            held = False  # the step's running key taken already, with the report of the step before
             try:
                 while step is not None:
                     with structlog.contextvars.bound_contextvars(operation=step.operation):
@@ -79,7 +90,7 @@ class Executor:
                                 # all; its entry is beaten for while it waits.
                                 await self.busy.acquire()
                                 busy = True
-                            step = await self._run_step(runner, redis, step, redelivered=redelivered)
+                            step, held = await self._run_step(runner, redis, step, redelivered=redelivered, held=held)
             finally:
                 if busy:
                     self.busy.release()
@@ -96,15 +107,17 @@ class Executor:
         )
 
     async def _run_step(
-        self, runner: OperationRunner, redis: Redis, step: RunOperationV1, *, redelivered: bool
-    ) -> RunOperationV1 | None:
-        """Run one operation and publish its result; returns the chain's next step, if it is to run."""
+        self, runner: OperationRunner, redis: Redis, step: RunOperationV1, *, redelivered: bool, held: bool
+    ) -> tuple[RunOperationV1 | None, bool]:
+        """Run one operation and publish its result; returns the chain's next step, if it is to run, and whether
+        its running key is taken already (`held`, for the next call)."""
         # One run of an operation at a time across executors: a copy of a command that another executor is running
         # (duplicated, re-sent after Redis lost its streams, or claimed from a consumer that was only slow) waits
         # for that run, then reports its artifact instead of computing it again. The key expires if its holder
         # dies, so the wait ends in a takeover; after a run it says DONE for a while, so a late copy knows too.
         lock_key = running_operation_key(step.object_id, step.operation, step.task_id)
-        ran_before = await self._hold(redis, lock_key)
+        ran_before = False if held else await self._hold(redis, lock_key)
+        next_key: str | None = None
         try:
             # A command this old may be a late duplicate of one whose DONE mark has expired: look for its artifact.
             stale = datetime.now(UTC) - step.occurred_at > timedelta(milliseconds=DONE_TTL_MS)
@@ -112,17 +125,24 @@ class Executor:
             async with self._reporting_start(runner.started(step)):
                 result = await runner.run(step, may_be_done=may_be_done)
             following = step.following(result) if isinstance(result, OperationCompletedV1) else None
-            # Before going on: whether the object's cancellation was requested, asked in the same round trip.
+            # Before going on, in the same round trip: whether the object's cancellation was requested, and the next
+            # operation's running key (taken as _hold would first try to; if it is not free, _hold sorts it out).
             cancel_key = cancel_requested_key(step.object_id, step.task_id) if following is not None else None
-            cancelled = await self._publish(result, done_key=lock_key, cancel_key=cancel_key)
+            if following is not None:
+                next_key = running_operation_key(following.object_id, following.operation, following.task_id)
+            published = await self._publish(result, done_key=lock_key, cancel_key=cancel_key, hold_key=next_key)
         except BaseException:
             await self._release(redis, lock_key)
+            if next_key is not None:
+                await self._release(redis, next_key)
             raise
-        if following is not None and cancelled:
+        if following is not None and published.cancelled:
             log.info("operation.chain_cancelled", next_operation=following.operation)
+            if published.held and next_key is not None:
+                await self._release(redis, next_key)
             await self._publish(runner.cancelled(following))
-            return None
-        return following
+            return None, False
+        return following, published.held
 
     @contextlib.asynccontextmanager
     async def _reporting_start(self, started: OperationStartedV1) -> AsyncIterator[None]:
@@ -209,9 +229,17 @@ class Executor:
     def heartbeat_seconds(self) -> float:
         return self.settings.claim_idle_ms / 1000 / 3
 
-    async def _publish(self, message: BaseModel, *, done_key: str | None = None, cancel_key: str | None = None) -> bool:
-        """Add `message` to the results stream; with `done_key`, mark that operation's run done in the same round
-        trip, after it; with `cancel_key`, also read it: returns whether it is set."""
+    async def _publish(
+        self,
+        message: BaseModel,
+        *,
+        done_key: str | None = None,
+        cancel_key: str | None = None,
+        hold_key: str | None = None,
+    ) -> "Published":
+        """Add `message` to the results stream. In the same round trip, after it: with `done_key`, mark that
+        operation's run done; with `cancel_key`, read whether it is set; with `hold_key`, take that running key if it
+        is free."""
         # Redis restarting must not throw away finished work: the artifact is in S3, only the report is missing,
         # and the command's entry may be gone with Redis's data (nothing would redeliver it).
         if self.redis is None:
@@ -231,6 +259,8 @@ class Executor:
                         pipe.set(done_key, RUN_DONE, px=DONE_TTL_MS)
                     if cancel_key is not None:
                         pipe.get(cancel_key)
+                    if hold_key is not None:
+                        pipe.set(hold_key, self.settings.instance_id, nx=True, px=self.settings.claim_idle_ms)
                     added, *rest = await pipe.execute(raise_on_error=False)
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 if attempt == PUBLISH_ATTEMPTS:
@@ -246,7 +276,12 @@ class Executor:
                 # Only a late duplicate would miss the mark, and it finds the artifact or runs again.
                 log.warning("running_key.mark_done_failed", key=done_key, error=str(marked))
             # Unreadable counts as not requested: the next operation runs, and the orchestrator cancels after it.
-            return bool(rest) and not isinstance(rest[0], Exception) and rest[0] is not None
+            requested = rest.pop(0) if cancel_key is not None else None
+            taken = rest.pop(0) if hold_key is not None else None
+            return Published(
+                cancelled=requested is not None and not isinstance(requested, Exception),
+                held=taken is True,
+            )
         raise AssertionError  # unreachable: the loop returns or raises
 
 

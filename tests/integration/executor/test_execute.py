@@ -13,7 +13,13 @@ from types_aiobotocore_s3 import S3Client
 
 from libs.common.domain import Operation, artifact_key
 from libs.common.events import ChainedOperation, RunOperationV1
-from libs.common.events.streams import DATA_FIELD, OPERATION_RESULTS, cancel_requested_key
+from libs.common.events.streams import (
+    DATA_FIELD,
+    OPERATION_RESULTS,
+    RUN_DONE,
+    cancel_requested_key,
+    running_operation_key,
+)
 from services.executor.handlers import DONE_TTL_MS, Executor
 from services.executor.service import OperationRunner, Result
 from services.executor.settings import ExecutorSettings
@@ -108,6 +114,46 @@ async def test_a_chain_whose_object_is_being_cancelled_starts_no_further_operati
         ("operation.cancelled.v1", "transform", 1),
     ]
     assert not await exists(s3, bucket, artifact_key(run.identifier, "transform"))
+    # transform's running key, taken with validate's report, is given back: a re-send of it must not wait for it.
+    assert await clean.get(running_operation_key(run.object_id, "transform", run.task_id)) is None
+
+
+async def test_each_operation_of_a_chain_holds_its_running_key_and_marks_it_done(
+    clean: Redis, runner: OperationRunner, redis_url: str
+) -> None:
+    run = chain("validate", "transform", "analyze", payload=[{"a": 1}])
+    keys = [running_operation_key(run.object_id, op, run.task_id) for op in ("validate", "transform", "analyze")]
+    taken: list[bytes | None] = []
+
+    class Watching(OperationRunner):
+        async def run(self, command: RunOperationV1, *, may_be_done: bool = True) -> Result:
+            taken.append(await clean.get(running_operation_key(command.object_id, command.operation, command.task_id)))
+            return await super().run(command, may_be_done=may_be_done)
+
+    watching = Watching(runner.storage, runner.executor_id, runner.max_document_bytes)
+    await executor(clean, watching, redis_url, delay_ms=5_000).execute(run, "0-1")
+
+    assert taken == [b"executor-it"] * 3, "each ran holding its key (the later two taken with the report before)"
+    assert [await clean.get(key) for key in keys] == [RUN_DONE] * 3
+
+
+async def test_a_chain_whose_next_operation_ran_before_looks_for_its_artifact_first(
+    clean: Redis, runner: OperationRunner, redis_url: str
+) -> None:
+    run = chain("validate", "analyze", payload=[{"a": 1}])
+    await clean.set(running_operation_key(run.object_id, "analyze", run.task_id), RUN_DONE, px=60_000)
+    asked: list[bool] = []
+
+    class Watching(OperationRunner):
+        async def run(self, command: RunOperationV1, *, may_be_done: bool = True) -> Result:
+            asked.append(may_be_done)
+            return await super().run(command, may_be_done=may_be_done)
+
+    watching = Watching(runner.storage, runner.executor_id, runner.max_document_bytes)
+    await executor(clean, watching, redis_url, delay_ms=5_000).execute(run, "0-1")
+
+    assert asked == [False, True], "its key said DONE, so analyze looked for a stored artifact before running"
+    assert [m["type"] for m in await reported(clean)] == ["operation.completed.v1", "operation.completed.v1"]
 
 
 async def test_a_cancellation_of_another_run_of_the_object_does_not_stop_the_chain(
