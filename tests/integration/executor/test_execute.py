@@ -123,7 +123,7 @@ async def test_each_operation_of_a_chain_holds_its_running_key_and_marks_it_done
 ) -> None:
     run = chain("validate", "transform", "analyze", payload=[{"a": 1}])
     keys = [running_operation_key(run.object_id, op, run.task_id) for op in ("validate", "transform", "analyze")]
-    taken: list[bytes | None] = []
+    taken: list[bytes | str | None] = []
 
     class Watching(OperationRunner):
         async def run(self, command: RunOperationV1, *, may_be_done: bool = True) -> Result:
