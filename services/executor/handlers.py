@@ -236,7 +236,7 @@ class Executor:
         done_key: str | None = None,
         cancel_key: str | None = None,
         hold_key: str | None = None,
-    ) -> "Published":
+    ) -> Published:
         """Add `message` to the results stream. In the same round trip, after it: with `done_key`, mark that
         operation's run done; with `cancel_key`, read whether it is set; with `hold_key`, take that running key if it
         is free."""

@@ -6,6 +6,7 @@ everything around it; on asyncpg itself, about 0.45 ms. (The gateway and the pro
 read, keep SQLAlchemy; the schema stays in libs/common/db/models.py and its migrations.)
 """
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,17 +18,29 @@ import asyncpg
 import orjson
 from sqlalchemy.engine import make_url
 
+CLOSE_GRACE_SECONDS = 10.0
+
+SQLALCHEMY_ONLY = ("prepared_statement_cache_size", "prepared_statement_name_func", "async_fallback")
+"""Query parameters of SQLAlchemy's asyncpg dialect: asyncpg itself would send them to the server as settings."""
+
 
 def asyncpg_dsn(database_url: str) -> str:
-    """The libpq form of a SQLAlchemy URL (`postgresql+asyncpg://...`), which asyncpg takes."""
-    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    """The libpq form of a SQLAlchemy URL (`postgresql+asyncpg://...`), which asyncpg takes. SQLAlchemy's `ssl=`
+    is libpq's `sslmode=`."""
+    url = make_url(database_url)
+    query = {key: value for key, value in url.query.items() if key not in SQLALCHEMY_ONLY}
+    if "ssl" in query and "sslmode" not in query:
+        query["sslmode"] = query.pop("ssl")
+    return url.set(drivername="postgresql", query=query).render_as_string(hide_password=False)
 
 
 def _encode_json(value: Any) -> str:
+    # The values are JSON already (validated messages) plus aware datetimes and UUIDs; what orjson refuses of that is
+    # an integer beyond 64 bits, which a payload may hold: the standard library takes it.
     try:
         return orjson.dumps(value).decode()
-    except orjson.JSONEncodeError:  # an integer beyond 64 bits, which a payload may hold: the slow path takes it
-        return json.dumps(value, separators=(",", ":"), default=_json_default)
+    except orjson.JSONEncodeError:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False, default=_json_default)
 
 
 def _json_default(value: Any) -> str:
@@ -69,8 +82,13 @@ class Database:
         )
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
+        """Close every connection, waiting up to CLOSE_GRACE_SECONDS for those in use; then cut the rest."""
+        if self._pool is None:
+            return
+        try:
+            await asyncio.wait_for(self._pool.close(), CLOSE_GRACE_SECONDS)
+        except TimeoutError:
+            self._pool.terminate()
 
     @property
     def pool(self) -> asyncpg.Pool:

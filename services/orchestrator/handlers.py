@@ -291,6 +291,8 @@ class Orchestrator:
         async with self.database.transaction() as connection:
             uow = UnitOfWork(connection)
             count = await self.service.redispatch(uow, lost, before)
+            if uow.admission_needed:  # a cancellation took effect: its slot is filled now, not by the admission loop
+                await self.service.admit(uow)
             outbox = await uow.flush()
         await self.relay.publish_committed(outbox)
         return count

@@ -114,7 +114,7 @@ LOCK_IN_FLIGHT = (
     f"{SELECT_OBJECT} FROM processing_object WHERE id = ANY($1::uuid[]) AND state = 'processing' "
     "AND (dispatched_at IS NULL OR dispatched_at < $2) FOR UPDATE SKIP LOCKED"
 )
-_INSERTED = {
+INSERTED = {
     "id": "uuid",
     "tenant": "text",
     "identifier": "text",
@@ -138,11 +138,11 @@ _INSERTED = {
 # The rows as one JSON array, a column per key: one statement text for any number of rows, prepared once.
 INSERT_ALL_NEW = (
     "INSERT INTO processing_object ("  # noqa: S608 - built from this module's column names, no input
-    + ", ".join("metadata" if name == "object_metadata" else name for name in _INSERTED)
+    + ", ".join("metadata" if name == "object_metadata" else name for name in INSERTED)
     + ") SELECT "
-    + ", ".join(_INSERTED)
+    + ", ".join(INSERTED)
     + " FROM jsonb_to_recordset($1::jsonb) AS r("
-    + ", ".join(f"{name} {kind}" for name, kind in _INSERTED.items())
+    + ", ".join(f"{name} {kind}" for name, kind in INSERTED.items())
     + ") ON CONFLICT (tenant, identifier) DO NOTHING "
     + RETURNING_OBJECT
 )
@@ -223,8 +223,8 @@ class ObjectRepository:
     async def lock_admission_if_below(self, cap: int) -> bool:
         """Take the admission lock only if fewer than `cap` objects are processing, as this statement's snapshot sees
         them; False, at once, if not. One round trip for the unlocked look and the lock: with a backlog, every
-        transaction that queues an object asks, and the cap is nearly always full. The caller must have written its
-        own changes first: the count must see them."""
+        transaction that queues an object asks, and the cap is nearly always full. (A transaction that moved an object
+        out of `processing` need not look: it takes the lock.)"""
         return bool(await self.connection.fetchval(LOCK_ADMISSION_IF_BELOW, cap))
 
     async def lock_oldest_queued_within(self, cap: int) -> list[ObjectRow]:

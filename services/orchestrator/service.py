@@ -75,8 +75,8 @@ class UnitOfWork:
     """(object, task) of processing objects whose cancellation this transaction records: once it commits, the
     executor running the object's operations is told, so that it starts no further one."""
 
-    _appended: tuple[int, int, int] = (0, 0, 0)
-    """How many transitions, events and outbox rows are written."""
+    _appended: tuple[int, int, int] = field(default=(0, 0, 0), init=False, repr=False)
+    """How many transitions, events and outbox rows are written (a flush writes only the rest)."""
 
     @cached_property
     def objects(self) -> ObjectRepository:
@@ -89,10 +89,8 @@ class UnitOfWork:
     async def lock(self, object_id: UUID) -> ObjectRow | None:
         """The object, locked until this transaction ends; None if there is no such object."""
         obj = self.locked.get(object_id)
-        if obj is None:
-            obj = await self.objects.lock(object_id)
-            if obj is not None:
-                self.locked[object_id] = obj
+        if obj is None and (obj := await self.objects.lock(object_id)) is not None:
+            self.locked[object_id] = obj
         return obj
 
     async def lock_all(self, object_ids: Iterable[UUID]) -> None:
@@ -102,9 +100,12 @@ class UnitOfWork:
     def emit(self, stream: str, message: BaseModel) -> None:
         self.outbox.append(OutboxRow(stream, message.model_dump_json()))
 
+    def _changed(self) -> list[ObjectRow]:
+        return [row for row in self.locked.values() if row.changed()]
+
     async def write_changes(self) -> None:
         """Write back the objects changed so far, for a statement that must see them (admission counts them)."""
-        if changed := [row for row in self.locked.values() if row.changed()]:
+        if changed := self._changed():
             await self.objects.write(changed, (), (), ())
 
     async def flush(self) -> list[OutboxRow]:
@@ -112,7 +113,7 @@ class UnitOfWork:
         transaction); returns the outbox rows, with their ids, for the relay."""
         transitions, events, outbox = self._appended
         await self.objects.write(
-            [row for row in self.locked.values() if row.changed()],
+            self._changed(),
             self.transitions[transitions:],
             self.events[events:],
             self.outbox[outbox:],
@@ -150,6 +151,8 @@ class ObjectService:
             if existing is None:  # pragma: no cover - the conflicting row cannot be deleted
                 msg = f"object {command.identifier!r} vanished during submission"
                 raise RuntimeError(msg)
+            # As this transaction has it: an earlier use case of the batch may have changed it (a retry, say).
+            existing = uow.track([existing])[0]
             outcome: Literal["accepted", "exists"] = "accepted" if existing.id == command.object_id else "exists"
             return self._reply(command, outcome, existing)
         self._audit(uow, obj, None, "submit", to_state=ObjectState.PENDING.value)
@@ -279,11 +282,13 @@ class ObjectService:
         # The lock only when a slot looks free: with a backlog, every submission asks and the cap is nearly always
         # full. A look that misses a slot freed by a concurrent transaction loses nothing: that transaction admits.
         # (A transaction that freed a slot itself need not look: it would find the slot.)
-        await uow.write_changes()  # the count must see this transaction's own state changes
+        # Only _finish lowers the count of processing objects, and it sets slot_freed: the look needs none of this
+        # transaction's changes written, the LIMIT below needs all of them.
         if uow.slot_freed:
             await uow.objects.lock_admission()
         elif not await uow.objects.lock_admission_if_below(self.max_parallel_workers):
             return 0
+        await uow.write_changes()
         admitted = uow.track(await uow.objects.lock_oldest_queued_within(self.max_parallel_workers))
         for obj in admitted:
             self._transition(uow, obj, "start")

@@ -43,8 +43,10 @@ def create_app(settings: ProgressSettings) -> FastAPI:
     async def on_object_events(body: list[ObjectProgressedV1]) -> None:
         for event in body:
             hub.publish(event)
-        # Called only for a read that returned entries: the wait batches a busy stream, and never delays a lone event.
-        await asyncio.sleep(linger)
+        # After the events are out: a lone event is never delayed, a busy stream is read in larger batches.
+        read: events.FollowedEvents = broker.context.get_local("message")
+        if wait := events.linger_after(read.read, linger):
+            await asyncio.sleep(wait)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

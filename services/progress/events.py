@@ -33,6 +33,8 @@ class FollowedEvents(RedisBatchStreamMessage):
     """A read of `objects:events`; its body is the events of objects the hub has subscribers for, validated."""
 
     def __init__(self, raw: BatchStreamMessage, hub: Hub) -> None:
+        self.read = len(raw["data"])
+        """Entries read, followed or not."""
         self.events: list[ObjectProgressedV1] = []
         for fields in raw["data"]:
             body: bytes = fields.get(DATA_FIELD.encode(), b"")
@@ -58,3 +60,10 @@ def reader(hub: Hub) -> tuple[Parser, Decoder]:
         return message.events
 
     return parse, decode
+
+
+def linger_after(read: int, linger: float) -> float:
+    """How long to wait before the next read, after one that returned `read` entries: a full read means a backlog,
+    which the next read must take on at once; a partial one means the stream is caught up, and waiting lets events
+    gather for a larger next read. (A read that returns nothing does not reach the handler: it blocks instead.)"""
+    return 0.0 if read >= EVENTS_PER_READ else linger

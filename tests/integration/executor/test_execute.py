@@ -131,10 +131,36 @@ async def test_each_operation_of_a_chain_holds_its_running_key_and_marks_it_done
             return await super().run(command, may_be_done=may_be_done)
 
     watching = Watching(runner.storage, runner.executor_id, runner.max_document_bytes)
-    await executor(clean, watching, redis_url, delay_ms=5_000).execute(run, "0-1")
+    running = executor(clean, watching, redis_url, delay_ms=5_000)
+    holds: list[str] = []
+    hold = running._hold
 
-    assert taken == [b"executor-it"] * 3, "each ran holding its key (the later two taken with the report before)"
+    async def counted(redis: Redis, key: str) -> bool:
+        holds.append(key)
+        return await hold(redis, key)
+
+    running._hold = counted  # type: ignore[method-assign]
+    await running.execute(run, "0-1")
+
+    assert taken == [b"executor-it"] * 3, "each ran holding its key"
+    assert holds == keys[:1], "the later two were taken with the report of the one before, not one by one"
     assert [await clean.get(key) for key in keys] == [RUN_DONE] * 3
+
+
+async def test_a_chain_whose_next_operation_is_held_elsewhere_waits_for_it(
+    clean: Redis, runner: OperationRunner, redis_url: str
+) -> None:
+    run = chain("validate", "analyze", payload=[{"a": 1}])
+    analyze_key = running_operation_key(run.object_id, "analyze", run.task_id)
+    await clean.set(analyze_key, b"executor-other", px=400)  # another executor runs it, for a little while more
+    settings = ExecutorSettings.model_construct(
+        redis_url=RedisDsn(redis_url), instance_id="executor-it", started_report_delay_ms=5_000, claim_idle_ms=600
+    )
+
+    await Executor(settings, runner=runner, redis=clean).execute(run, "0-1")
+
+    assert [m["type"] for m in await reported(clean)] == ["operation.completed.v1", "operation.completed.v1"]
+    assert await clean.get(analyze_key) == RUN_DONE, "taken over once the other's key expired, then run"
 
 
 async def test_a_chain_whose_next_operation_ran_before_looks_for_its_artifact_first(

@@ -24,6 +24,8 @@ async def test_transaction_level_advisory_locks_end_with_their_transaction(isola
 
     async with isolated_database.connection() as connection:
         assert await connection.fetchval("SELECT pg_backend_pid()") == backend
-        held = await connection.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+        held = await connection.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+        )
         assert held == 0
         assert await connection.fetchval("SELECT pg_try_advisory_xact_lock(42)") is True

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.common.db.models import ObjectEvent, ProcessingObject
-from libs.common.events import CommandReplyV1, SubmitObjectV1
+from libs.common.events import CancelObjectV1, CommandReplyV1, OperationCompletedV1, SubmitObjectV1
 from services.orchestrator.database import Database
 from services.orchestrator.handlers import Orchestrator
 from services.orchestrator.outbox import OutboxRelay
@@ -163,3 +163,58 @@ async def test_a_caller_cancelled_mid_batch_leaves_the_batch_to_finish_once(
     assert runs == {1: 1, 2: 1}, "the batch finished once: nothing went back to the queue to run again"
     states = await stored(isolated_sessionmaker, [command.object_id for command in commands])
     assert set(states) == {command.object_id for command in commands}  # the holder's work committed with the rest
+
+
+# --- admission sees what its own transaction changed -----------------------------------------------------------------
+
+
+def with_cap(database: Database, redis: Redis, cap: int) -> Orchestrator:
+    return Orchestrator(database, redis, OutboxRelay(database, redis, stream_maxlen=10_000), ObjectService(cap))
+
+
+async def test_an_object_cancelled_in_the_batch_that_admits_is_not_admitted(
+    isolated_database: Database, isolated_sessionmaker: Sessionmaker, redis: Redis, statements: Statements
+) -> None:
+    one = with_cap(isolated_database, redis, cap=1)
+    running, waiting = submission(), submission()
+    await one.handle_commands([running])
+    await one.handle_commands([waiting])  # queued: the cap of one is full
+    later = submission()
+
+    # With room for two, one batch cancels the queued object and submits another: admission must take the new one,
+    # not the one this very transaction cancelled (which it still holds, so SKIP LOCKED would not pass it over).
+    two = with_cap(isolated_database, redis, cap=2)
+    ends = statements.watch(lambda sql: sql in ("COMMIT;", "ROLLBACK;"))
+    assert await two.handle_commands([CancelObjectV1(object_id=waiting.object_id), later]) == [None, None]
+
+    assert ends == ["COMMIT;"], "one transaction for both, not a failed one retried one by one"
+
+    states = await stored(isolated_sessionmaker, [running.object_id, waiting.object_id, later.object_id])
+    assert states == {running.object_id: "processing", waiting.object_id: "cancelled", later.object_id: "processing"}
+
+
+async def test_a_slot_freed_by_a_result_is_filled_in_the_same_transaction(
+    isolated_database: Database, isolated_sessionmaker: Sessionmaker, redis: Redis, statements: Statements
+) -> None:
+    one = with_cap(isolated_database, redis, cap=1)
+    running, waiting = submission(), submission()
+    await one.handle_commands([running, waiting])
+    async with isolated_sessionmaker() as session:
+        task_id = await session.scalar(select(ProcessingObject.task_id).where(ProcessingObject.id == running.object_id))
+    assert task_id is not None
+    commits = statements.watch(lambda sql: sql == "COMMIT;")
+
+    done = OperationCompletedV1(
+        object_id=running.object_id,
+        task_id=task_id,
+        operation="validate",
+        index=0,
+        executor_id="executor-test",
+        s3_url="s3://artifacts/x/validate_result.json",
+        duration_ms=1.0,
+    )
+    assert await one.handle_results([done]) == [None]
+
+    assert len(commits) == 1, "completed and the next admitted in one transaction"
+    states = await stored(isolated_sessionmaker, [running.object_id, waiting.object_id])
+    assert states == {running.object_id: "completed", waiting.object_id: "processing"}

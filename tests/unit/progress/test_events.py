@@ -6,7 +6,7 @@ from uuid import uuid4
 import orjson
 
 from libs.common.events.streams import DATA_FIELD
-from services.progress.events import FollowedEvents
+from services.progress.events import EVENTS_PER_READ, FollowedEvents, linger_after
 from services.progress.hub import Hub
 from tests.unit.progress.test_hub import event
 
@@ -58,3 +58,17 @@ def test_a_malformed_entry_is_skipped_without_losing_the_rest() -> None:
         )
 
     assert batch.events == [good]
+
+
+def test_a_read_counts_every_entry_it_read_followed_or_not() -> None:
+    hub = Hub(queue_size=10)
+    batch = FollowedEvents(read(orjson.dumps(event(uuid4(), 1).model_dump(mode="json")), None, b"{}"), hub)
+    assert batch.read == 3
+    assert batch.events == []
+
+
+def test_the_reader_lingers_after_a_partial_read_and_not_after_a_full_one() -> None:
+    assert linger_after(1, 0.02) == 0.02, "caught up: let the next events gather"
+    assert linger_after(EVENTS_PER_READ - 1, 0.02) == 0.02
+    assert linger_after(EVENTS_PER_READ, 0.02) == 0.0, "a backlog: read on at once"
+    assert linger_after(1, 0.0) == 0.0
