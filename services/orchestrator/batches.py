@@ -81,10 +81,14 @@ class StreamBatch(Generic[M]):
         return message.messages
 
     async def consume(
-        self, message: Any, messages: list[M], handle: Callable[[list[M]], Awaitable[list[BaseException | None]]]
+        self,
+        message: Any,
+        messages: list[M],
+        handle: Callable[[list[M], list[str]], Awaitable[list[BaseException | None]]],
     ) -> None:
-        """Dead-letter the batch's malformed entries, hand its `messages` (the handler's body: the valid entries)
-        over together, and acknowledge what is done."""
+        """Dead-letter the batch's malformed entries, and hand its `messages` (the handler's body: the valid entries)
+        over together, with their entry ids: `handle` acknowledges each it applies, in the round trip that follows
+        its commit, and returns None for it, or the exception each other one failed with (left pending)."""
         if not isinstance(message, ValidatedBatch):
             raise TypeError(f"{self.stream}: expected a batch parsed by StreamBatch.parse, got {type(message)}")
         consumer = f"{self.settings.service_name}:{self.settings.instance_id}"
@@ -97,14 +101,11 @@ class StreamBatch(Generic[M]):
                 await self.redis.xack(self.stream, ORCHESTRATOR_GROUP, entry_id)
             except RedisError:  # left pending: the Reclaimer parks it once its deliveries run out
                 log.warning("message.dead_letter_failed", stream=self.stream, entry_id=entry_id, exc_info=True)
-        done: list[str] = []
-        errors = await handle(messages) if messages else []
+        errors = await handle(messages, message.entry_ids) if messages else []
         for entry_id, error in zip(message.entry_ids, errors, strict=True):
             if error is None:
-                done.append(entry_id)
-            elif isinstance(error, ResultAheadError):  # not a failure: it waits, pending, for its object's earlier one
+                continue
+            if isinstance(error, ResultAheadError):  # not a failure: it waits, pending, for its object's earlier one
                 log.info("message.waits", stream=self.stream, entry_id=entry_id, reason=str(error))
             else:  # left pending: the Reclaimer runs it again once it has been idle for CLAIM_IDLE_MS
                 log.error("message.failed", stream=self.stream, entry_id=entry_id, exc_info=error)
-        if done:
-            await self.redis.xack(self.stream, ORCHESTRATOR_GROUP, *done)

@@ -13,7 +13,6 @@ from faststream import AckPolicy
 from faststream.redis import RedisBroker
 from pydantic import TypeAdapter
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from libs.common.events import (
     AnyObjectCommand,
@@ -42,7 +41,7 @@ from services.orchestrator.batches import MAX_BATCH, StreamBatch
 from services.orchestrator.database import Database
 from services.orchestrator.inflight import lost_operations
 from services.orchestrator.outbox import OutboxRelay
-from services.orchestrator.repository import ObjectRepository
+from services.orchestrator.repository import ObjectRepository, OutboxRow
 from services.orchestrator.service import ObjectService, ResultAheadError, UnitOfWork
 from services.orchestrator.settings import OrchestratorSettings
 
@@ -67,6 +66,10 @@ class Job(Generic[T]):
     """The existing object the use case locks, where known: it is locked up front, with its batch's others."""
     submission: SubmitObjectV1 | None = None
     """The object the use case inserts, if it is a submission: inserted up front, with its batch's others."""
+    reply_to: str | None = None
+    """Where to answer (the command's `reply_to`), once committed."""
+    entry: tuple[str, str] | None = None
+    """The stream entry (stream, id) the use case comes from, acknowledged once it is committed."""
 
 
 @dataclass(eq=False)
@@ -189,25 +192,52 @@ class Orchestrator:
                 # lock last. (The use cases before it can, with another instance's batch: see _run_batch.)
                 await self.service.admit(uow)
             outbox = await uow.flush()
-        try:
-            await self.relay.publish_committed(outbox)
-        except Exception:  # committed: the outbox sweep publishes the rows later; nothing may run twice
-            log.warning("outbox.publish_deferred", rows=len(outbox), exc_info=True)
-        if uow.cancelled_runs:
-            await self._tell_executors(uow.cancelled_runs)
+        await self._after_commit(
+            outbox, uow.cancelled_runs, [(queued.job, result) for queued, result in zip(batch, results, strict=True)]
+        )
         return results
 
-    async def _tell_executors(self, runs: Sequence[tuple[UUID, UUID]]) -> None:
-        """Tell the executors running these objects' operations that their cancellation is committed: each starts
-        no further operation of the object. Best effort: if Redis does not take it, the executor runs the object's
-        remaining operations and the object is cancelled after them; every later result tells it again."""
+    async def _after_commit(
+        self,
+        outbox: Sequence[OutboxRow],
+        cancelled_runs: Sequence[tuple[UUID, UUID]],
+        outcomes: Sequence[tuple[Job[Any], Any]],
+    ) -> None:
+        """Everything a committed transaction owes Redis, in one round trip: its outbox messages; the word to the
+        executors that cancellations are committed (each starts no further operation of its object); the answers
+        to the callers waiting; and the acknowledgement of each applied stream entry (not of one that failed or
+        waits: it stays pending, to be applied later).
+
+        Each part is best effort, and nothing here may make the batch run again. An outbox row not published is
+        swept later; a caller not answered asks again (the same request is safe); an executor not told runs the
+        object's remaining operations, and the object is cancelled after them; an entry not acknowledged is
+        delivered again, and finds its effect applied."""
+        applied = [(job, result) for job, result in outcomes if not isinstance(result, BaseException)]
+        acks: dict[str, list[str]] = {}
+        for job, _ in applied:
+            if job.entry is not None:
+                acks.setdefault(job.entry[0], []).append(job.entry[1])
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                for object_id, task_id in runs:
+                self.relay.add(pipe, outbox)
+                for object_id, task_id in cancelled_runs:
                     pipe.set(cancel_requested_key(object_id, task_id), b"1", px=CANCEL_KEY_TTL_MS)
-                await pipe.execute()
-        except Exception:  # committed: a failure here must never make the batch run again
-            log.warning("cancellation.not_told", count=len(runs), exc_info=True)
+                for job, result in applied:
+                    if job.reply_to and isinstance(result, CommandReplyV1):
+                        pipe.publish(job.reply_to, result.model_dump_json())
+                for stream, entry_ids in acks.items():
+                    pipe.xack(stream, ORCHESTRATOR_GROUP, *entry_ids)
+                answers = await pipe.execute(raise_on_error=False)
+        except Exception:
+            log.warning("after_commit.failed", rows=len(outbox), acks=sum(map(len, acks.values())), exc_info=True)
+            return
+        published, rest = answers[: len(outbox)], answers[len(outbox) :]
+        if any(isinstance(answer, Exception) for answer in published):
+            log.warning("outbox.publish_deferred", rows=len(outbox))
+        else:
+            self.relay.published(outbox)
+        if failed := [answer for answer in rest if isinstance(answer, Exception)]:
+            log.warning("after_commit.partly_failed", errors=[str(error) for error in failed[:3]])
 
     async def admit(self) -> int:
         async with self.database.transaction() as connection:
@@ -217,23 +247,26 @@ class Orchestrator:
         await self.relay.publish_committed(outbox)
         return admitted
 
-    async def handle_commands(self, commands: Sequence[AnyObjectCommand]) -> list[BaseException | None]:
-        """Apply the commands (each in a committed transaction, shared where they can be) and answer their callers.
-        Returns, in order, None for each applied command and the exception for each that failed."""
-        outcomes = await self.run_all([self._command_job(command) for command in commands])
-        replies = [
-            (command.reply_to, outcome)
-            for command, outcome in zip(commands, outcomes, strict=True)
-            if command.reply_to and isinstance(outcome, CommandReplyV1)
-        ]
-        if replies:
-            await self._reply(replies)
+    async def handle_commands(
+        self, commands: Sequence[AnyObjectCommand], entries: Sequence[str] | None = None
+    ) -> list[BaseException | None]:
+        """Apply the commands (each in a committed transaction, shared where they can be) and answer their callers;
+        acknowledge each applied one's entry of `entries` (their ids on the commands stream), if given. Returns, in
+        order, None for each applied command and the exception for each that failed."""
+        ids: Sequence[str | None] = entries or [None] * len(commands)
+        outcomes = await self.run_all(
+            [self._command_job(command, entry) for command, entry in zip(commands, ids, strict=True)]
+        )
         return [outcome if isinstance(outcome, BaseException) else None for outcome in outcomes]
 
-    async def handle_results(self, events: Sequence[AnyOperationResult]) -> list[BaseException | None]:
-        """Apply the executors' results; returns, in order, None or the exception each failed with."""
-        applied = await self.run_all([self._result_job(event) for event in events])
-        outcomes: list[BaseException | None] = list(applied)
+    async def handle_results(
+        self, events: Sequence[AnyOperationResult], entries: Sequence[str] | None = None
+    ) -> list[BaseException | None]:
+        """Apply the executors' results, acknowledging each applied one's entry of `entries`, if given; returns, in
+        order, None or the exception each failed with."""
+        ids: Sequence[str | None] = entries or [None] * len(events)
+        jobs = [self._result_job(event, entry) for event, entry in zip(events, ids, strict=True)]
+        outcomes: list[BaseException | None] = [*await self.run_all(jobs)]
         for delay in AHEAD_RETRY_DELAYS_S:
             ahead = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, ResultAheadError)]
             if not ahead:
@@ -241,7 +274,7 @@ class Orchestrator:
             # The result before it is most likely being applied right now, by another instance: a moment's wait
             # beats leaving the message to the Reclaimer (CLAIM_IDLE_MS).
             await asyncio.sleep(delay)
-            again = await self.run_all([self._result_job(events[i]) for i in ahead])
+            again = await self.run_all([jobs[i] for i in ahead])
             for i, outcome in zip(ahead, again, strict=True):
                 outcomes[i] = outcome
         return outcomes
@@ -254,30 +287,35 @@ class Orchestrator:
         if error := (await self.handle_results([event]))[0]:
             raise error
 
-    def _command_job(self, command: AnyObjectCommand) -> Job[CommandReplyV1]:
+    def _command_job(self, command: AnyObjectCommand, entry_id: str | None = None) -> Job[CommandReplyV1]:
         service = self.service
         context = _log_context(command)
+        entry = (OBJECT_COMMANDS, entry_id) if entry_id else None
+        reply_to = command.reply_to
         match command:
             case SubmitObjectV1():
                 # A new object: nothing to lock first.
-                return Job(lambda uow: service.submit(uow, command), context, submission=command)
+                return Job(
+                    lambda uow: service.submit(uow, command), context, None, command, reply_to=reply_to, entry=entry
+                )
             case CancelObjectV1():
-                return Job(lambda uow: service.cancel(uow, command), context, command.object_id)
+                return Job(lambda uow: service.cancel(uow, command), context, command.object_id, None, reply_to, entry)
             case RetryObjectV1():
-                return Job(lambda uow: service.retry(uow, command), context, command.object_id)
+                return Job(lambda uow: service.retry(uow, command), context, command.object_id, None, reply_to, entry)
 
-    def _result_job(self, event: AnyOperationResult) -> Job[None]:
+    def _result_job(self, event: AnyOperationResult, entry_id: str | None = None) -> Job[None]:
         service = self.service
         context = _log_context(event)
+        entry = (OPERATION_RESULTS, entry_id) if entry_id else None
         match event:
             case OperationStartedV1():
-                return Job(lambda uow: service.operation_started(uow, event), context, event.object_id)
+                return Job(lambda uow: service.operation_started(uow, event), context, event.object_id, entry=entry)
             case OperationCompletedV1():
-                return Job(lambda uow: service.operation_completed(uow, event), context, event.object_id)
+                return Job(lambda uow: service.operation_completed(uow, event), context, event.object_id, entry=entry)
             case OperationFailedV1():
-                return Job(lambda uow: service.operation_failed(uow, event), context, event.object_id)
+                return Job(lambda uow: service.operation_failed(uow, event), context, event.object_id, entry=entry)
             case OperationCancelledV1():
-                return Job(lambda uow: service.operation_cancelled(uow, event), context, event.object_id)
+                return Job(lambda uow: service.operation_cancelled(uow, event), context, event.object_id, entry=entry)
 
     async def redispatch_lost(self, older_than_seconds: float) -> int:
         """Send again the remaining operations of every object whose running operation was handed over more than
@@ -304,17 +342,6 @@ class Orchestrator:
         except Exception:  # noqa: BLE001 - any failure means: not now
             return False
         return True
-
-    async def _reply(self, replies: Sequence[tuple[str, CommandReplyV1]]) -> None:
-        # Best effort, as pub/sub is: the command is committed, and running it again to answer again could answer
-        # differently (a second cancel is a conflict). A caller that hears nothing asks again or reads the object.
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for channel, reply in replies:
-                    pipe.publish(channel, reply.model_dump_json())
-                await pipe.execute()
-        except RedisError:
-            log.warning("replies.lost", count=len(replies), exc_info=True)
 
 
 def _log_context(message: AnyObjectCommand | AnyOperationResult) -> dict[str, Any]:

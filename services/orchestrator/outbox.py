@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from libs.common.events.streams import DATA_FIELD
 from services.orchestrator.database import Database
@@ -40,6 +41,16 @@ class OutboxRelay:
         if not rows:
             return
         await self._xadd(rows)
+        self.published(rows)
+
+    def add(self, pipe: Pipeline, rows: Sequence[OutboxRow]) -> None:
+        """Queue committed rows' XADDs on a pipeline the caller runs (with the rest of what its commit owes Redis);
+        once they are on their streams, the caller hands them to `published`."""
+        for row in rows:
+            pipe.xadd(row.stream, {DATA_FIELD: row.body}, maxlen=self.stream_maxlen, approximate=True)
+
+    def published(self, rows: Sequence[OutboxRow]) -> None:
+        """Rows now on their streams: deleted with the next flush."""
         self._published.extend(row.id for row in rows)
 
     async def flush_published(self) -> None:
@@ -70,8 +81,7 @@ class OutboxRelay:
 
     async def _xadd(self, rows: Sequence[OutboxRow]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
-            for row in rows:
-                pipe.xadd(row.stream, {DATA_FIELD: row.body}, maxlen=self.stream_maxlen, approximate=True)
+            self.add(pipe, rows)
             await pipe.execute()
 
     async def run(self, interval: float) -> None:

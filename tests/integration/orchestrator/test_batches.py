@@ -1,6 +1,7 @@
 """The orchestrator's batch reads, against PostgreSQL and Redis: entries are acknowledged one by one, a batch's
 row locks take one statement, and so do its submissions' inserts."""
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any, cast
 from uuid import uuid4
@@ -15,13 +16,28 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.common.db.models import ObjectEvent, ObjectTransition, ProcessingObject
 from libs.common.domain import Operation
-from libs.common.events import AnyOperationResult, CommandReplyV1, OperationStartedV1, SubmitObjectV1
-from libs.common.events.streams import DATA_FIELD, DEAD_LETTERS, OPERATION_RESULTS, ORCHESTRATOR_GROUP
+from libs.common.events import (
+    AnyOperationResult,
+    CommandReplyV1,
+    OperationCompletedV1,
+    OperationStartedV1,
+    RunOperationV1,
+    SubmitObjectV1,
+)
+from libs.common.events.streams import (
+    DATA_FIELD,
+    DEAD_LETTERS,
+    OBJECT_COMMANDS,
+    OPERATION_COMMANDS,
+    OPERATION_RESULTS,
+    ORCHESTRATOR_GROUP,
+    as_text,
+)
 from services.orchestrator.batches import StreamBatch
 from services.orchestrator.database import Database
 from services.orchestrator.handlers import Job, Orchestrator
 from services.orchestrator.outbox import OutboxRelay
-from services.orchestrator.service import ObjectService
+from services.orchestrator.service import ObjectService, ResultAheadError
 from services.orchestrator.settings import OrchestratorSettings
 from tests.integration.orchestrator.conftest import Statements
 
@@ -52,7 +68,7 @@ async def read_batch(redis: Redis, entries: Sequence[dict[str, bytes]]) -> tuple
     return [entry_id.decode() for entry_id in ids], message
 
 
-async def test_a_batch_acknowledges_what_it_applied_and_parked_and_leaves_a_failure_pending(clean: Redis) -> None:
+async def test_a_batch_parks_what_is_malformed_and_hands_the_rest_over_with_their_entry_ids(clean: Redis) -> None:
     applied, failing = started(), started()
     ids, message = await read_batch(
         clean,
@@ -65,18 +81,19 @@ async def test_a_batch_acknowledges_what_it_applied_and_parked_and_leaves_a_fail
     )
     settings = OrchestratorSettings.model_construct(instance_id="test-orchestrator")
     batch = StreamBatch(clean, OPERATION_RESULTS, settings, TypeAdapter(AnyOperationResult))
-    handed: list[list[object]] = []
+    handed: list[tuple[list[object], list[str]]] = []
 
-    async def handle(events: list[AnyOperationResult]) -> list[BaseException | None]:
-        handed.append(list(events))
+    async def handle(events: list[AnyOperationResult], entry_ids: list[str]) -> list[BaseException | None]:
+        handed.append((list(events), entry_ids))
         return [None if event == applied else RuntimeError("database unavailable") for event in events]
 
     parsed = await batch.parse(message)
     await batch.consume(parsed, await batch.decode(parsed), handle)
 
-    assert handed == [[applied, failing]], "one call for the batch, with only the entries that parse"
+    assert handed == [([applied, failing], [ids[0], ids[3]])], "one call for the batch, with the entries that parse"
     pending = await clean.xpending_range(OPERATION_RESULTS, ORCHESTRATOR_GROUP, min="-", max="+", count=10)
-    assert [cast(bytes, entry["message_id"]).decode() for entry in pending] == [ids[3]], "only the failed one is left"
+    left = [cast(bytes, entry["message_id"]).decode() for entry in pending]
+    assert left == [ids[0], ids[3]], "the parked ones are acknowledged; the handler acknowledges what it applies"
     parked = cast(list[tuple[bytes, dict[bytes, bytes]]], await clean.xrange(DEAD_LETTERS))
     letters = [orjson.loads(fields[DATA_FIELD.encode()]) for _, fields in parked]
     assert [letter["entry_id"] for letter in letters] == [ids[1], ids[2]]
@@ -195,3 +212,90 @@ async def test_a_command_twice_in_one_batch_is_one_object_and_accepted_twice(
         ("accepted", command.object_id)
     ] * 2
     assert len(object_inserts) == 2, "the batch's INSERT, then the second copy's own (which finds the row)"
+
+
+async def test_what_a_commit_owes_redis_goes_in_one_round_trip_with_the_acknowledgements(
+    isolated_database: Database, clean: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, orchestrator = orchestrating(isolated_database, clean)
+    replies = clean.pubsub(ignore_subscribe_messages=True)
+    await replies.subscribe("replies:test")
+    submitted = SubmitObjectV1(
+        object_id=uuid4(),
+        identifier=f"it-ack-{uuid4().hex}",
+        operations=[Operation("validate"), Operation("transform")],
+        reply_to="replies:test",
+    )
+    entry_id = await clean.xadd(OBJECT_COMMANDS, {DATA_FIELD: submitted.model_dump_json()})
+    await clean.xreadgroup(ORCHESTRATOR_GROUP, "test-consumer", {OBJECT_COMMANDS: ">"})
+    sent: list[list[str]] = []
+    pipeline = clean.pipeline
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        pipe = pipeline(*args, **kwargs)
+        execute = pipe.execute
+
+        async def recorded(*args: Any, **kwargs: Any) -> Any:
+            sent.append([str(command_args[0]) for command_args, _ in pipe.command_stack])
+            return await execute(*args, **kwargs)
+
+        pipe.execute = recorded  # type: ignore[method-assign]
+        return pipe
+
+    monkeypatch.setattr(clean, "pipeline", recording)
+    assert await orchestrator.handle_commands([submitted], [as_text(entry_id)]) == [None]
+    monkeypatch.undo()
+
+    assert len(sent) == 1, "one pipeline after the commit"
+    assert sent[0] == ["XADD", "XADD", "XADD", "PUBLISH", "XACK"], "events, the command to run, the answer, the ack"
+    async with asyncio.timeout(5):
+        while (reply := await replies.get_message(timeout=1)) is None:  # the subscription's own notice reads as None
+            pass
+    assert CommandReplyV1.model_validate_json(reply["data"]).outcome == "accepted"
+    assert await clean.xpending(OBJECT_COMMANDS, ORCHESTRATOR_GROUP) == {
+        "pending": 0,
+        "min": None,
+        "max": None,
+        "consumers": [],
+    }
+    await replies.aclose()  # type: ignore[no-untyped-call]
+
+
+async def test_a_result_that_must_wait_is_not_acknowledged_and_the_others_are(
+    isolated_database: Database, clean: Redis
+) -> None:
+    _, orchestrator = orchestrating(isolated_database, clean)
+    chained = ["validate", "transform"]
+    first, second = (
+        SubmitObjectV1(object_id=uuid4(), identifier=f"it-{uuid4().hex}", operations=chained) for _ in "12"
+    )
+    await orchestrator.handle_commands([first, second])
+    runs = {
+        run.object_id: run
+        for run in (
+            RunOperationV1.model_validate_json(fields[DATA_FIELD.encode()])
+            for _, fields in cast(list[tuple[bytes, dict[bytes, bytes]]], await clean.xrange(OPERATION_COMMANDS))
+        )
+    }
+
+    def completed(run: RunOperationV1, operation: str, index: int) -> OperationCompletedV1:
+        return OperationCompletedV1(
+            object_id=run.object_id,
+            task_id=run.task_id,
+            operation=operation,
+            index=index,
+            executor_id="executor-test",
+            s3_url=f"s3://artifacts/{run.identifier}/{operation}_result.json",
+            duration_ms=1.0,
+        )
+
+    # The first object's validate completes; the second's transform reports, but its validate never does.
+    events = [completed(runs[first.object_id], "validate", 0), completed(runs[second.object_id], "transform", 1)]
+    ids, _ = await read_batch(clean, [{DATA_FIELD: event.model_dump_json().encode()} for event in events])
+
+    outcomes = await orchestrator.handle_results(events, ids)
+
+    assert outcomes[0] is None
+    assert isinstance(outcomes[1], ResultAheadError)
+    pending = await clean.xpending_range(OPERATION_RESULTS, ORCHESTRATOR_GROUP, min="-", max="+", count=10)
+    assert [cast(bytes, entry["message_id"]).decode() for entry in pending] == [ids[1]], "it waits, pending"
