@@ -1,4 +1,5 @@
-"""Reading a stream in batches through FastStream, with each entry validated and acknowledged on its own.
+"""Reading a stream in batches through FastStream, with each entry validated, and acknowledged by the handler after
+its own commit.
 
 One handler call per read of up to MAX_BATCH entries, whose use cases then share a transaction. A message at a
 time, FastStream's own path (context, middlewares, decoding, acknowledgement) cost about as much CPU as the use case

@@ -1,5 +1,5 @@
-"""Stream subscribers: parse, run the use case in a transaction (shared with those that queued meanwhile), then relay
-its messages and answer the caller."""
+"""Stream subscribers: parse, run the use case in a transaction (shared with those that queued meanwhile), then, in
+one round trip, relay its messages, answer the caller and acknowledge the entry."""
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
@@ -209,9 +209,10 @@ class Orchestrator:
         waits: it stays pending, to be applied later).
 
         Each part is best effort, and nothing here may make the batch run again. An outbox row not published is
-        swept later; a caller not answered asks again (the same request is safe); an executor not told runs the
-        object's remaining operations, and the object is cancelled after them; an entry not acknowledged is
-        delivered again, and finds its effect applied."""
+        swept later; a caller not answered times out and asks again (a submission again gets its object; a second
+        cancel answers `conflict`, as the first took effect); an executor not told runs the object's remaining
+        operations, and the object is cancelled after them; an entry not acknowledged is delivered again, and
+        finds its effect applied."""
         applied = [(job, result) for job, result in outcomes if not isinstance(result, BaseException)]
         acks: dict[str, list[str]] = {}
         for job, _ in applied:
@@ -219,7 +220,7 @@ class Orchestrator:
                 acks.setdefault(job.entry[0], []).append(job.entry[1])
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                self.relay.add(pipe, outbox)
+                queued = self.relay.add(pipe, outbox)
                 for object_id, task_id in cancelled_runs:
                     pipe.set(cancel_requested_key(object_id, task_id), b"1", px=CANCEL_KEY_TTL_MS)
                 for job, result in applied:
@@ -231,13 +232,18 @@ class Orchestrator:
         except Exception:
             log.warning("after_commit.failed", rows=len(outbox), acks=sum(map(len, acks.values())), exc_info=True)
             return
-        published, rest = answers[: len(outbox)], answers[len(outbox) :]
-        if any(isinstance(answer, Exception) for answer in published):
-            log.warning("outbox.publish_deferred", rows=len(outbox))
-        else:
-            self.relay.published(outbox)
-        if failed := [answer for answer in rest if isinstance(answer, Exception)]:
-            log.warning("after_commit.partly_failed", errors=[str(error) for error in failed[:3]])
+        added, rest = answers[:queued], answers[queued:]
+        self.relay.published(
+            [row for row, answer in zip(outbox, added, strict=True) if not isinstance(answer, Exception)]
+        )
+        if failed := [answer for answer in answers if isinstance(answer, Exception)]:
+            # What was refused is made good later, as above (rows left in the outbox are swept).
+            log.warning(
+                "after_commit.partly_failed",
+                rows_left=sum(isinstance(answer, Exception) for answer in added),
+                others_failed=sum(isinstance(answer, Exception) for answer in rest),
+                error=str(failed[0]),
+            )
 
     async def admit(self) -> int:
         async with self.database.transaction() as connection:
@@ -296,12 +302,28 @@ class Orchestrator:
             case SubmitObjectV1():
                 # A new object: nothing to lock first.
                 return Job(
-                    lambda uow: service.submit(uow, command), context, None, command, reply_to=reply_to, entry=entry
+                    lambda uow: service.submit(uow, command),
+                    context,
+                    submission=command,
+                    reply_to=reply_to,
+                    entry=entry,
                 )
             case CancelObjectV1():
-                return Job(lambda uow: service.cancel(uow, command), context, command.object_id, None, reply_to, entry)
+                return Job(
+                    lambda uow: service.cancel(uow, command),
+                    context,
+                    object_id=command.object_id,
+                    reply_to=reply_to,
+                    entry=entry,
+                )
             case RetryObjectV1():
-                return Job(lambda uow: service.retry(uow, command), context, command.object_id, None, reply_to, entry)
+                return Job(
+                    lambda uow: service.retry(uow, command),
+                    context,
+                    object_id=command.object_id,
+                    reply_to=reply_to,
+                    entry=entry,
+                )
 
     def _result_job(self, event: AnyOperationResult, entry_id: str | None = None) -> Job[None]:
         service = self.service
@@ -309,13 +331,21 @@ class Orchestrator:
         entry = (OPERATION_RESULTS, entry_id) if entry_id else None
         match event:
             case OperationStartedV1():
-                return Job(lambda uow: service.operation_started(uow, event), context, event.object_id, entry=entry)
+                return Job(
+                    lambda uow: service.operation_started(uow, event), context, object_id=event.object_id, entry=entry
+                )
             case OperationCompletedV1():
-                return Job(lambda uow: service.operation_completed(uow, event), context, event.object_id, entry=entry)
+                return Job(
+                    lambda uow: service.operation_completed(uow, event), context, object_id=event.object_id, entry=entry
+                )
             case OperationFailedV1():
-                return Job(lambda uow: service.operation_failed(uow, event), context, event.object_id, entry=entry)
+                return Job(
+                    lambda uow: service.operation_failed(uow, event), context, object_id=event.object_id, entry=entry
+                )
             case OperationCancelledV1():
-                return Job(lambda uow: service.operation_cancelled(uow, event), context, event.object_id, entry=entry)
+                return Job(
+                    lambda uow: service.operation_cancelled(uow, event), context, object_id=event.object_id, entry=entry
+                )
 
     async def redispatch_lost(self, older_than_seconds: float) -> int:
         """Send again the remaining operations of every object whose running operation was handed over more than
@@ -357,7 +387,7 @@ def register(broker: RedisBroker, settings: OrchestratorSettings, orchestrator: 
 
     @broker.subscriber(
         stream=commands.subscription,
-        ack_policy=AckPolicy.MANUAL,  # entry by entry, by StreamBatch.consume
+        ack_policy=AckPolicy.MANUAL,  # entry by entry, after each one's commit (Orchestrator._after_commit)
         parser=commands.parse,
         decoder=commands.decode,
         title="object-commands",

@@ -1,7 +1,9 @@
 """The outbox relay: publishes what committed transactions owe to Redis, then deletes it.
 
-Handlers call `publish_committed(rows)` right after their commit (the fast path): the rows are still in memory,
-so they are added to their streams at once, without a second transaction. The relay's own loop deletes every row
+Right after a commit (the fast path), the rows are still in memory, so they are added to their streams at once,
+without a second transaction: handlers queue them with `add` on the pipeline that carries the rest of what their
+commit owes Redis, and hand them to `published` once they are on their streams; other callers use
+`publish_committed(rows)`. The relay's own loop deletes every row
 published in the last FLUSH_SECONDS with one autocommitted statement: under load that is one statement for many
 transactions, none of them in a handler's transaction, where it would add a round trip to each. `run()` also
 sweeps whatever is left, e.g. rows of an instance that crashed between commit and publish; it takes only rows
@@ -43,11 +45,12 @@ class OutboxRelay:
         await self._xadd(rows)
         self.published(rows)
 
-    def add(self, pipe: Pipeline, rows: Sequence[OutboxRow]) -> None:
-        """Queue committed rows' XADDs on a pipeline the caller runs (with the rest of what its commit owes Redis);
-        once they are on their streams, the caller hands them to `published`."""
+    def add(self, pipe: Pipeline, rows: Sequence[OutboxRow]) -> int:
+        """Queue committed rows' XADDs on a pipeline the caller runs (with the rest of what its commit owes Redis),
+        one per row, in order: returns how many; the caller hands those that succeeded to `published`."""
         for row in rows:
             pipe.xadd(row.stream, {DATA_FIELD: row.body}, maxlen=self.stream_maxlen, approximate=True)
+        return len(rows)
 
     def published(self, rows: Sequence[OutboxRow]) -> None:
         """Rows now on their streams: deleted with the next flush."""

@@ -28,6 +28,7 @@ from libs.common.events.streams import (
     DATA_FIELD,
     DEAD_LETTERS,
     OBJECT_COMMANDS,
+    OBJECT_EVENTS,
     OPERATION_COMMANDS,
     OPERATION_RESULTS,
     ORCHESTRATOR_GROUP,
@@ -93,7 +94,7 @@ async def test_a_batch_parks_what_is_malformed_and_hands_the_rest_over_with_thei
     assert handed == [([applied, failing], [ids[0], ids[3]])], "one call for the batch, with the entries that parse"
     pending = await clean.xpending_range(OPERATION_RESULTS, ORCHESTRATOR_GROUP, min="-", max="+", count=10)
     left = [cast(bytes, entry["message_id"]).decode() for entry in pending]
-    assert left == [ids[0], ids[3]], "the parked ones are acknowledged; the handler acknowledges what it applies"
+    assert left == [ids[0], ids[3]], "the parked ones are acknowledged; the valid ones are left to the handler"
     parked = cast(list[tuple[bytes, dict[bytes, bytes]]], await clean.xrange(DEAD_LETTERS))
     letters = [orjson.loads(fields[DATA_FIELD.encode()]) for _, fields in parked]
     assert [letter["entry_id"] for letter in letters] == [ids[1], ids[2]]
@@ -259,6 +260,29 @@ async def test_what_a_commit_owes_redis_goes_in_one_round_trip_with_the_acknowle
         "consumers": [],
     }
     await replies.aclose()  # type: ignore[no-untyped-call]
+    await orchestrator.relay.flush_published()
+    async with isolated_database.connection() as connection:
+        assert await connection.fetchval("SELECT count(*) FROM outbox_message") == 0, "published, so deleted"
+
+
+async def test_a_message_redis_refuses_stays_in_the_outbox_and_the_rest_goes_on(
+    isolated_database: Database, clean: Redis
+) -> None:
+    _, orchestrator = orchestrating(isolated_database, clean)
+    await clean.delete(OBJECT_EVENTS)
+    await clean.set(OBJECT_EVENTS, b"not a stream")  # every XADD to it is refused (WRONGTYPE)
+    submitted = SubmitObjectV1(object_id=uuid4(), identifier=f"it-refused-{uuid4().hex}", operations=["validate"])
+    entry_id = as_text(await clean.xadd(OBJECT_COMMANDS, {DATA_FIELD: submitted.model_dump_json()}))
+    await clean.xreadgroup(ORCHESTRATOR_GROUP, "test-consumer", {OBJECT_COMMANDS: ">"})
+
+    assert await orchestrator.handle_commands([submitted], [entry_id]) == [None]
+
+    assert (await clean.xpending(OBJECT_COMMANDS, ORCHESTRATOR_GROUP))["pending"] == 0, "committed: acknowledged"
+    assert await clean.xlen(OPERATION_COMMANDS) == 1, "the command to run went out"
+    await orchestrator.relay.flush_published()
+    async with isolated_database.connection() as connection:
+        left = await connection.fetch("SELECT stream FROM outbox_message")
+    assert [row["stream"] for row in left] == [OBJECT_EVENTS] * 2, "the refused events are left for the sweep"
 
 
 async def test_a_result_that_must_wait_is_not_acknowledged_and_the_others_are(
