@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
+from libs.common.events import OperationCompletedV1, RunOperationV1
 from services.orchestrator.database import Database
 from tests.conftest import ROOT, _admin_connection, required_env
 
@@ -130,3 +131,16 @@ async def isolated_database(isolated_url: str, statements: Statements) -> AsyncI
         yield db
     finally:
         await db.close()
+
+
+def completed_result(run: RunOperationV1, operation: str, index: int) -> OperationCompletedV1:
+    """What an executor reports for `operation` (at `index`) of the chain `run` began."""
+    return OperationCompletedV1(
+        object_id=run.object_id,
+        task_id=run.task_id,
+        operation=operation,
+        index=index,
+        executor_id="executor-1",
+        s3_url=f"s3://bucket/{run.identifier}/{operation}_result.json",
+        duration_ms=1.0,
+    )

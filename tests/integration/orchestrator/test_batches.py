@@ -19,7 +19,6 @@ from libs.common.domain import Operation
 from libs.common.events import (
     AnyOperationResult,
     CommandReplyV1,
-    OperationCompletedV1,
     OperationStartedV1,
     RunOperationV1,
     SubmitObjectV1,
@@ -40,7 +39,7 @@ from services.orchestrator.handlers import Job, Orchestrator
 from services.orchestrator.outbox import OutboxRelay
 from services.orchestrator.service import ObjectService, ResultAheadError
 from services.orchestrator.settings import OrchestratorSettings
-from tests.integration.orchestrator.conftest import Statements
+from tests.integration.orchestrator.conftest import Statements, completed_result
 
 Sessionmaker = async_sessionmaker[AsyncSession]
 
@@ -302,19 +301,11 @@ async def test_a_result_that_must_wait_is_not_acknowledged_and_the_others_are(
         )
     }
 
-    def completed(run: RunOperationV1, operation: str, index: int) -> OperationCompletedV1:
-        return OperationCompletedV1(
-            object_id=run.object_id,
-            task_id=run.task_id,
-            operation=operation,
-            index=index,
-            executor_id="executor-test",
-            s3_url=f"s3://artifacts/{run.identifier}/{operation}_result.json",
-            duration_ms=1.0,
-        )
-
     # The first object's validate completes; the second's transform reports, but its validate never does.
-    events = [completed(runs[first.object_id], "validate", 0), completed(runs[second.object_id], "transform", 1)]
+    events = [
+        completed_result(runs[first.object_id], "validate", 0),
+        completed_result(runs[second.object_id], "transform", 1),
+    ]
     ids, _ = await read_batch(clean, [{DATA_FIELD: event.model_dump_json().encode()} for event in events])
 
     outcomes = await orchestrator.handle_results(events, ids)

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from libs.common.broker import ensure_topology
 from libs.common.db.models import ProcessingObject
 from libs.common.domain import Operation
-from libs.common.events import CancelObjectV1, OperationCompletedV1, RunOperationV1, SubmitObjectV1
+from libs.common.events import CancelObjectV1, RunOperationV1, SubmitObjectV1
 from libs.common.events.streams import (
     DATA_FIELD,
     EXECUTOR_GROUP,
@@ -28,6 +28,7 @@ from services.orchestrator.handlers import Orchestrator
 from services.orchestrator.outbox import OutboxRelay
 from services.orchestrator.repository import InFlight
 from services.orchestrator.service import ObjectService, ResultAheadError, UnitOfWork
+from tests.integration.orchestrator.conftest import completed_result
 
 
 @pytest.fixture
@@ -142,24 +143,15 @@ async def test_a_lost_command_of_an_object_being_cancelled_cancels_it(
     assert obj.state == "cancelled"
 
 
-def _result(command: RunOperationV1, operation: Operation, index: int) -> OperationCompletedV1:
-    return OperationCompletedV1(
-        object_id=command.object_id,
-        task_id=command.task_id,
-        operation=operation,
-        index=index,
-        executor_id="executor-1",
-        s3_url=f"s3://bucket/{command.identifier}/{operation}_result.json",
-        duration_ms=1.0,
-    )
-
-
 async def test_a_result_read_before_its_objects_earlier_one_is_applied_after_it(
     orchestrator: Orchestrator, redis: Redis, isolated_sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     object_id = await submit(orchestrator, ["validate", "transform", "analyze"])
     command = await _first_command(redis)
-    validate, transform = _result(command, Operation.VALIDATE, 0), _result(command, Operation.TRANSFORM, 1)
+    validate, transform = (
+        completed_result(command, Operation.VALIDATE, 0),
+        completed_result(command, Operation.TRANSFORM, 1),
+    )
 
     # In one batch, in the wrong order: transform's waits for validate's, then applies.
     assert await orchestrator.handle_results([transform, validate]) == [None, None]
@@ -175,7 +167,7 @@ async def test_a_result_whose_objects_earlier_one_never_comes_is_left_pending(or
     await submit(orchestrator, ["validate", "transform"])
     command = await _first_command(orchestrator.redis)
 
-    [outcome] = await orchestrator.handle_results([_result(command, Operation.TRANSFORM, 1)])
+    [outcome] = await orchestrator.handle_results([completed_result(command, Operation.TRANSFORM, 1)])
 
     assert isinstance(outcome, ResultAheadError)  # its message stays pending, for the Reclaimer to try again
 
@@ -192,7 +184,9 @@ async def test_an_object_whose_chain_moved_on_since_it_was_found_is_left_alone(
     command = await _first_command(redis)
     await orchestrator.handle_command(CancelObjectV1(object_id=object_id))
     found = InFlight(object_id, "validate", command.task_id)  # found with no trace of validate in Redis...
-    await orchestrator.handle_results([_result(command, Operation.VALIDATE, 0)])  # ...but it completed meanwhile
+    await orchestrator.handle_results(
+        [completed_result(command, Operation.VALIDATE, 0)]
+    )  # ...but it completed meanwhile
 
     async with orchestrator.database.transaction() as connection:
         uow = UnitOfWork(connection)
