@@ -6,9 +6,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import orjson
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.asgi.types import Scope
-from redis.asyncio import Redis
 
-from libs.common.broker import ensure_topology, make_broker, supervise_subscribers
+from libs.common.broker import ensure_topology, make_broker, redis_client, supervise_subscribers
 from libs.common.s3 import s3_client, s3_objects
 from services.executor.handlers import reclaimer, register
 from services.executor.service import OperationRunner
@@ -24,7 +23,7 @@ def create_app(settings: ExecutorSettings) -> AsgiFastStream:
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
         async with stack:
-            redis = await stack.enter_async_context(Redis.from_url(str(settings.redis_url)))
+            redis = await stack.enter_async_context(redis_client(str(settings.redis_url)))
             await ensure_topology(redis)
             client = await stack.enter_async_context(s3_client(settings))
             storage = Storage(

@@ -6,11 +6,10 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from faststream.redis import StreamSub
-from redis.asyncio import Redis
 from sqlalchemy import text
 
 from libs.common.auth import Authenticator
-from libs.common.broker import ensure_topology, make_broker
+from libs.common.broker import ensure_topology, make_broker, redis_client
 from libs.common.db.session import create_engine, create_sessionmaker
 from libs.common.events import AnyObjectCommand
 from libs.common.events.streams import OBJECT_COMMANDS, reply_channel
@@ -50,7 +49,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings)
-        redis = Redis.from_url(str(settings.redis_url))
+        redis = redis_client(str(settings.redis_url))
         await ensure_topology(redis)
         await broker.start()
         commands = CommandBus(

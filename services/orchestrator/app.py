@@ -6,9 +6,8 @@ from contextlib import asynccontextmanager
 import structlog
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.asgi.types import Scope
-from redis.asyncio import Redis
 
-from libs.common.broker import ensure_topology, make_broker, supervise_subscribers
+from libs.common.broker import ensure_topology, make_broker, redis_client, supervise_subscribers
 from libs.common.reclaim import LOCK_REFRESH_SECONDS
 from libs.common.trim import prune_consumers, trim_streams
 from services.orchestrator.database import Database
@@ -25,7 +24,7 @@ REDIS_EPOCH_KEY = "orchestrator:redis-epoch"
 def create_app(settings: OrchestratorSettings) -> AsgiFastStream:
     broker = make_broker(settings)
     database = Database(str(settings.database_url), settings.database_pool_size)
-    redis = Redis.from_url(str(settings.redis_url))
+    redis = redis_client(str(settings.redis_url))
     relay = OutboxRelay(database, redis, settings.stream_maxlen)
     orchestrator = Orchestrator(database, redis, relay, ObjectService(settings.max_parallel_workers))
     register(broker, settings, orchestrator)

@@ -5,11 +5,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from redis.asyncio import Redis
 from sqlalchemy import text
 
 from libs.common.auth import Authenticator
-from libs.common.broker import ensure_topology, make_broker
+from libs.common.broker import ensure_topology, make_broker, redis_client
 from libs.common.db.session import create_engine, create_sessionmaker
 from libs.common.errors import ServiceError
 from libs.common.events import ObjectProgressedV1
@@ -51,7 +50,7 @@ def create_app(settings: ProgressSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings)
-        redis = Redis.from_url(str(settings.redis_url))
+        redis = redis_client(str(settings.redis_url))
         await ensure_topology(redis, [OBJECT_EVENTS])
         await broker.start()
         app.state.settings = settings
