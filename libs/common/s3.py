@@ -1,5 +1,6 @@
 """One long-lived S3 client per process, and the helpers around s3:// URLs."""
 
+import ssl
 import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -58,13 +59,21 @@ async def s3_objects(settings: S3Settings, max_connections: int = 10) -> AsyncIt
     )
     # The same limits as s3_client's: connect_timeout 5 s, read_timeout 30 s, a pool of max_connections.
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=30)
-    connector = aiohttp.TCPConnector(limit=max_connections)
+    connector = aiohttp.TCPConnector(limit=max_connections, ssl=_verification())
     # HTTP(S)_PROXY and NO_PROXY apply, as they do to botocore's, looked up once: with trust_env, aiohttp looks them
     # up (and reads ~/.netrc) on every request, which doubled the CPU of a small PUT.
     async with aiohttp.ClientSession(
         timeout=timeout, connector=connector, auto_decompress=False, proxy=_environment_proxy(endpoint)
     ) as session:
         yield ObjectClient(session, endpoint, credentials=credentials)
+
+
+def _verification() -> ssl.SSLContext | bool:
+    """How the lean client checks an HTTPS endpoint's certificate, as botocore does: against the CA bundle the AWS
+    configuration names (AWS_CA_BUNDLE, or `ca_bundle` in ~/.aws/config), and only it, when it names one (an
+    endpoint with a private CA: MinIO, Ceph, a proxy); otherwise against the system's CAs."""
+    ca_bundle = get_session().get_config_variable("ca_bundle")
+    return ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True
 
 
 def _environment_proxy(url: str) -> str | None:

@@ -1,14 +1,19 @@
 """The shared S3 clients: botocore's asks an endpoint to accept a body first (`Expect: 100-continue`) only for large
-bodies; the lean one takes its proxy from the environment.
+bodies; the lean one takes its proxy from the environment, and trusts the CA bundle the AWS configuration names, as
+botocore's does.
 
 A recording HTTP endpoint stands in for S3: the test is about the request the client sends, not about storage."""
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import aiohttp
 import pytest
+import trustme
 
-from libs.common.s3 import EXPECT_CONTINUE_MIN_BYTES, _environment_proxy, s3_client
+from libs.common.s3 import EXPECT_CONTINUE_MIN_BYTES, _environment_proxy, s3_client, s3_objects
 from libs.common.settings import S3Settings
 
 
@@ -44,6 +49,46 @@ async def recorder() -> AsyncIterator[tuple[Recorder, str]]:
     port = server.sockets[0].getsockname()[1]
     async with server:
         yield recorder, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def https_recorder(tmp_path: Path) -> AsyncIterator[tuple[Recorder, str, Path]]:
+    """The recorder over HTTPS, its certificate issued by a CA of the test's own: the endpoint, and that CA's file."""
+    authority = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(context)
+    ca_file = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(ca_file))
+    recorder = Recorder()
+    server = await asyncio.start_server(recorder.handle, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield recorder, f"https://127.0.0.1:{port}", ca_file
+
+
+async def test_both_clients_trust_the_ca_bundle_the_aws_configuration_names(
+    monkeypatch: pytest.MonkeyPatch, https_recorder: tuple[Recorder, str, Path]
+) -> None:
+    recording, endpoint, ca_file = https_recorder
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(ca_file))
+    settings = S3Settings(s3_endpoint_url=endpoint)
+    async with s3_client(settings) as client:
+        await client.put_object(Bucket="bucket", Key="botocore", Body=b"x")
+    async with s3_objects(settings) as objects, await objects.put("bucket/lean", b"x") as response:
+        assert response.status == 200
+    assert [head.split(" ")[1] for head in recording.heads] == ["/bucket/botocore", "/bucket/lean"]
+
+
+async def test_without_the_bundle_the_lean_client_refuses_an_unknown_ca(
+    monkeypatch: pytest.MonkeyPatch, https_recorder: tuple[Recorder, str, Path]
+) -> None:
+    recording, endpoint, _ = https_recorder
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")  # no ca_bundle from the developer's own ~/.aws/config
+    async with s3_objects(S3Settings(s3_endpoint_url=endpoint)) as objects:
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            await objects.put("bucket/lean", b"x")
+    assert recording.heads == []
 
 
 @pytest.mark.parametrize(("size", "expects"), [(0, False), (1024, False), (EXPECT_CONTINUE_MIN_BYTES, True)])
