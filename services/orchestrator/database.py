@@ -104,6 +104,35 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
-        """A connection in a transaction that commits when the block ends, and rolls back if it raises."""
-        async with self.pool.acquire() as connection, connection.transaction():
-            yield connection
+        """A connection in a transaction that commits when the block ends, and rolls back if it raises.
+
+        A connection the server closed (a restart, a failover) raises what closed it, or ConnectionLostError: never
+        asyncpg's InterfaceError of the rollback or commit that could not be sent, which would hide that cause."""
+        async with self.pool.acquire() as connection:
+            transaction = connection.transaction()
+            await transaction.start()
+            try:
+                yield connection
+            except BaseException:
+                if not _lost(connection):  # a lost one's transaction ended with it, on the server
+                    await transaction.rollback()
+                raise
+            try:
+                await transaction.commit()
+            except asyncpg.InterfaceError as exc:
+                if _lost(connection):
+                    raise ConnectionLostError("the connection closed before the commit: nothing committed") from exc
+                raise
+
+
+def _lost(connection: asyncpg.Connection) -> bool:
+    """Whether the server closed this pooled connection. asyncpg lets go at once of a connection that closed,
+    and its proxy then refuses every call, `is_closed` included."""
+    try:
+        return bool(connection.is_closed())
+    except asyncpg.InterfaceError:
+        return True
+
+
+class ConnectionLostError(ConnectionError):
+    """The server closed the connection of a transaction before it committed."""

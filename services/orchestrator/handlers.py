@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
+import asyncpg
 import structlog
 from faststream import AckPolicy
 from faststream.redis import RedisBroker
@@ -37,6 +38,7 @@ from libs.common.events.streams import (
     cancel_requested_key,
 )
 from libs.common.reclaim import Reclaimer
+from libs.common.retry import backoff_delay
 from services.orchestrator.batches import MAX_BATCH, StreamBatch
 from services.orchestrator.database import Database
 from services.orchestrator.inflight import lost_operations
@@ -52,6 +54,23 @@ UseCase = Callable[[UnitOfWork], Awaitable[T]]
 AHEAD_RETRY_DELAYS_S = (0.01, 0.03, 0.1, 0.3)
 """How long a result that came before its object's earlier one waits for it, in this handler, before it is left
 pending for the Reclaimer."""
+DATABASE_RETRY_SECONDS = 10.0
+"""How long a transaction is tried again while PostgreSQL cannot be reached (a restart, a failover) or aborts it
+for a conflict (a deadlock): the messages it applies take effect as soon as the database is back, instead of
+waiting pending for the Reclaimer (CLAIM_IDLE_MS). Meanwhile this instance reads nothing more, as nothing could be
+applied; beyond this, they are left pending as any failure is."""
+DATABASE_RETRY_BASE_SECONDS = 0.2
+DATABASE_RETRY_MAX_SECONDS = 2.0
+DATABASE_UNREACHABLE = (
+    OSError,  # refused, reset: the server is down or restarting
+    TimeoutError,
+    asyncpg.PostgresConnectionError,  # the connection was lost mid-transaction
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up ("cannot connect now")
+)
+TRANSIENT_DATABASE_ERRORS = (
+    *DATABASE_UNREACHABLE,
+    asyncpg.exceptions.TransactionRollbackError,  # a deadlock or serialization failure: the same again may pass
+)
 CANCEL_KEY_TTL_MS = 3_600_000
 """How long the word of a cancellation stays for the executor: longer than any operation runs (each later result
 of the object says it again anyway)."""
@@ -152,10 +171,11 @@ class Orchestrator:
         if not batch:
             return
         try:
-            results = await self._transaction(batch)
+            results = await self._transaction_retried(batch)
         except Exception as exc:  # noqa: BLE001 - handed to the callers: their message stays pending, for a retry
-            if len(batch) == 1:
-                _settle(batch[0].future, error=exc)
+            if len(batch) == 1 or isinstance(exc, DATABASE_UNREACHABLE):  # alone, each would only wait as long again
+                for queued in batch:
+                    _settle(queued.future, error=exc)
                 return
             # Any use case may have caused it (or a deadlock with another instance): each runs again alone.
             log.info("batch.retried_one_by_one", size=len(batch), error=type(exc).__name__)
@@ -167,6 +187,26 @@ class Orchestrator:
                 _settle(queued.future, error=result)
             else:
                 _settle(queued.future, result=result)
+
+    async def _transaction_retried(self, batch: list[_Queued[Any]]) -> list[Any]:
+        """`_transaction`, again after a pause on a transient database error, for up to DATABASE_RETRY_SECONDS.
+
+        Running it again is safe: a transaction that failed changed nothing, and one whose commit was cut off
+        may have committed, which each use case absorbs as it absorbs a redelivered message."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DATABASE_RETRY_SECONDS
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._transaction(batch)
+            except TRANSIENT_DATABASE_ERRORS as exc:
+                delay = backoff_delay(attempt, DATABASE_RETRY_BASE_SECONDS, DATABASE_RETRY_MAX_SECONDS)
+                if loop.time() + delay > deadline:
+                    raise
+                log.warning("transaction.retry", attempt=attempt, delay=round(delay, 3), error=repr(exc)[:200])
+            # Out of the except block: the failure and the frames it holds are let go before the pause.
+            await asyncio.sleep(delay)
 
     async def _transaction(self, batch: list[_Queued[Any]]) -> list[Any]:
         async with self.database.transaction() as connection:

@@ -1,5 +1,5 @@
 """Orchestrator.run against PostgreSQL and Redis: concurrent use cases share a transaction (group commit), and one
-that fails never takes the others down with it."""
+that fails never takes the others down with it; a transaction the database cut off runs again."""
 
 import asyncio
 from collections import Counter
@@ -11,10 +11,12 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from deploy.local.stack import free_port
 from libs.common.db.models import ObjectEvent, ProcessingObject
 from libs.common.events import CancelObjectV1, CommandReplyV1, OperationCompletedV1, SubmitObjectV1
+from services.orchestrator import handlers
 from services.orchestrator.database import Database
-from services.orchestrator.handlers import Orchestrator
+from services.orchestrator.handlers import Job, Orchestrator, UseCase
 from services.orchestrator.outbox import OutboxRelay
 from services.orchestrator.service import ObjectService, UnitOfWork
 from tests.integration.orchestrator.conftest import Statements
@@ -218,3 +220,74 @@ async def test_a_slot_freed_by_a_result_is_filled_in_the_same_transaction(
     assert len(commits) == 1, "completed and the next admitted in one transaction"
     states = await stored(isolated_sessionmaker, [running.object_id, waiting.object_id])
     assert states == {running.object_id: "completed", waiting.object_id: "processing"}
+
+
+# --- a database that goes away for a moment ---------------------------------------------------------------------------
+
+
+def cut_off_once(service: ObjectService, command: SubmitObjectV1, runs: list[int]) -> UseCase[CommandReplyV1]:
+    """A submission whose first run loses its connection mid-transaction: its server process is terminated, as a
+    PostgreSQL restart or failover ends every session."""
+
+    async def use_case(uow: UnitOfWork) -> CommandReplyV1:
+        runs.append(1)
+        reply = await service.submit(uow, command)
+        if len(runs) == 1:
+            await uow.connection.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        return reply
+
+    return use_case
+
+
+async def test_a_transaction_cut_off_by_the_server_runs_again_and_applies_once(
+    orchestrator: Orchestrator, isolated_sessionmaker: Sessionmaker, transactions: Counter[str]
+) -> None:
+    command, plain = submission(), submission()
+    runs: list[int] = []
+    reply = await orchestrator.run(cut_off_once(orchestrator.service, command, runs))
+    await orchestrator.run(submitting(orchestrator.service, plain))
+
+    assert reply.outcome == "accepted"
+    assert len(runs) == 2, "run again after the connection was lost, not left for the Reclaimer"
+    assert transactions["commit"] == 2
+    states = await stored(isolated_sessionmaker, [command.object_id, plain.object_id])
+    assert states == {command.object_id: "processing", plain.object_id: "processing"}
+    async with isolated_sessionmaker() as session:
+        rows = await session.execute(
+            select(ObjectEvent.object_id, func.count())
+            .where(ObjectEvent.object_id.in_([command.object_id, plain.object_id]))
+            .group_by(ObjectEvent.object_id)
+        )
+        events: dict[UUID, int] = dict(rows.all())
+    assert events[command.object_id] == events[plain.object_id], "the first run's writes went with its connection"
+
+
+async def test_a_use_case_that_fails_is_not_run_again(orchestrator: Orchestrator) -> None:
+    runs: list[int] = []
+
+    async def failing(uow: UnitOfWork) -> None:
+        runs.append(1)
+        raise ValueError("not a database error")
+
+    with pytest.raises(ValueError, match="not a database error"):
+        await orchestrator.run(failing)
+    assert runs == [1]
+
+
+async def test_a_database_that_stays_unreachable_fails_the_batch_once_the_retries_run_out(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(handlers, "DATABASE_RETRY_SECONDS", 0.5)
+    nowhere = Database(f"postgresql://postgres@127.0.0.1:{free_port()}/none", size=2)  # nothing listens there
+    await nowhere.open()
+    try:
+        orchestrator = Orchestrator(nowhere, redis, OutboxRelay(nowhere, redis, stream_maxlen=1000), ObjectService(3))
+        commands = [submission() for _ in range(3)]
+        outcomes = await orchestrator.run_all(
+            [Job(submitting(orchestrator.service, command), {}) for command in commands]
+        )
+    finally:
+        await nowhere.close()
+    # Each caller gets the error (its message stays pending), after retries within the window, not one by one
+    # after it (which would keep them waiting three windows).
+    assert all(isinstance(outcome, OSError) for outcome in outcomes), outcomes
