@@ -1,5 +1,6 @@
 """One long-lived S3 client per process, and the helpers around s3:// URLs."""
 
+import os
 import ssl
 import urllib.request
 from collections.abc import AsyncIterator
@@ -69,11 +70,11 @@ async def s3_objects(settings: S3Settings, max_connections: int = 10) -> AsyncIt
 
 
 def _verification() -> ssl.SSLContext | bool:
-    """How the lean client checks an HTTPS endpoint's certificate, as botocore does: against the CA bundle the AWS
-    configuration names (AWS_CA_BUNDLE, or `ca_bundle` in ~/.aws/config), and only it, when it names one (an
-    endpoint with a private CA: MinIO, Ceph, a proxy); otherwise against the system's CAs."""
-    ca_bundle = get_session().get_config_variable("ca_bundle")
-    return ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True
+    """How the lean client checks an HTTPS endpoint's certificate: against the CA bundle named, as botocore looks
+    for one, by AWS_CA_BUNDLE, `ca_bundle` in ~/.aws/config, or REQUESTS_CA_BUNDLE, and only it (an endpoint with a
+    private CA: MinIO, Ceph, a proxy); with none named, against the system's CAs (botocore: certifi's)."""
+    ca_bundle = get_session().get_config_variable("ca_bundle") or os.environ.get("REQUESTS_CA_BUNDLE")
+    return ssl.create_default_context(cafile=ca_bundle) if ca_bundle and ca_bundle.strip() else True
 
 
 def _environment_proxy(url: str) -> str | None:

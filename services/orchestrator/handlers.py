@@ -40,7 +40,7 @@ from libs.common.events.streams import (
 from libs.common.reclaim import Reclaimer
 from libs.common.retry import backoff_delay
 from services.orchestrator.batches import MAX_BATCH, StreamBatch
-from services.orchestrator.database import Database
+from services.orchestrator.database import ConnectionLostError, Database
 from services.orchestrator.inflight import lost_operations
 from services.orchestrator.outbox import OutboxRelay
 from services.orchestrator.repository import ObjectRepository, OutboxRow
@@ -60,12 +60,16 @@ for a conflict (a deadlock): the messages it applies take effect as soon as the 
 waiting pending for the Reclaimer (CLAIM_IDLE_MS). Meanwhile this instance reads nothing more, as nothing could be
 applied; beyond this, they are left pending as any failure is."""
 DATABASE_RETRY_BASE_SECONDS = 0.2
-DATABASE_RETRY_MAX_SECONDS = 2.0
+"""The first pause; each next one doubles, up to DATABASE_RETRY_MAX_SECONDS (all jittered to 50-150 %)."""
+DATABASE_RETRY_MAX_SECONDS = 1.0
 DATABASE_UNREACHABLE = (
-    OSError,  # refused, reset: the server is down or restarting
-    TimeoutError,
+    OSError,  # refused, reset, timed out (TimeoutError is one): the server is down or restarting
     asyncpg.PostgresConnectionError,  # the connection was lost mid-transaction
-    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up ("cannot connect now")
+    ConnectionLostError,  # the same, found out between statements
+    asyncpg.exceptions.AdminShutdownError,  # the server is shutting down, or a session was terminated
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,  # the server is starting up
+    asyncpg.exceptions.TooManyConnectionsError,  # every client reconnecting at once, after a restart
 )
 TRANSIENT_DATABASE_ERRORS = (
     *DATABASE_UNREACHABLE,
@@ -166,12 +170,16 @@ class Orchestrator:
                 queued.future.cancel()
             raise
 
-    async def _run_batch(self, batch: list[_Queued[Any]]) -> None:
+    async def _run_batch(self, batch: list[_Queued[Any]], retry_until: float | None = None) -> None:
+        """`retry_until`: the loop time after which a transient database error is not retried (by default,
+        DATABASE_RETRY_SECONDS from now); the one-by-one runs after a failed shared transaction share its window."""
         batch = [queued for queued in batch if not queued.future.done()]  # callers that left are not run
         if not batch:
             return
+        if retry_until is None:
+            retry_until = asyncio.get_running_loop().time() + DATABASE_RETRY_SECONDS
         try:
-            results = await self._transaction_retried(batch)
+            results = await self._transaction_retried(batch, retry_until)
         except Exception as exc:  # noqa: BLE001 - handed to the callers: their message stays pending, for a retry
             if len(batch) == 1 or isinstance(exc, DATABASE_UNREACHABLE):  # alone, each would only wait as long again
                 for queued in batch:
@@ -180,7 +188,7 @@ class Orchestrator:
             # Any use case may have caused it (or a deadlock with another instance): each runs again alone.
             log.info("batch.retried_one_by_one", size=len(batch), error=type(exc).__name__)
             for queued in batch:
-                await self._run_batch([queued])
+                await self._run_batch([queued], retry_until)
             return
         for queued, result in zip(batch, results, strict=True):
             if isinstance(result, BaseException):  # a use case that could not apply yet (see _transaction)
@@ -188,13 +196,12 @@ class Orchestrator:
             else:
                 _settle(queued.future, result=result)
 
-    async def _transaction_retried(self, batch: list[_Queued[Any]]) -> list[Any]:
-        """`_transaction`, again after a pause on a transient database error, for up to DATABASE_RETRY_SECONDS.
+    async def _transaction_retried(self, batch: list[_Queued[Any]], retry_until: float) -> list[Any]:
+        """`_transaction`, again after a pause on a transient database error, until the loop time `retry_until`.
 
         Running it again is safe: a transaction that failed changed nothing, and one whose commit was cut off
         may have committed, which each use case absorbs as it absorbs a redelivered message."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + DATABASE_RETRY_SECONDS
         attempt = 0
         while True:
             attempt += 1
@@ -202,7 +209,8 @@ class Orchestrator:
                 return await self._transaction(batch)
             except TRANSIENT_DATABASE_ERRORS as exc:
                 delay = backoff_delay(attempt, DATABASE_RETRY_BASE_SECONDS, DATABASE_RETRY_MAX_SECONDS)
-                if loop.time() + delay > deadline:
+                # Nobody waits any more (shutdown): the messages stay pending, for whoever runs next.
+                if loop.time() + delay > retry_until or all(queued.future.done() for queued in batch):
                     raise
                 log.warning("transaction.retry", attempt=attempt, delay=round(delay, 3), error=repr(exc)[:200])
             # Out of the except block: the failure and the frames it holds are let go before the pause.

@@ -66,11 +66,15 @@ async def https_recorder(tmp_path: Path) -> AsyncIterator[tuple[Recorder, str, P
         yield recorder, f"https://127.0.0.1:{port}", ca_file
 
 
-async def test_both_clients_trust_the_ca_bundle_the_aws_configuration_names(
-    monkeypatch: pytest.MonkeyPatch, https_recorder: tuple[Recorder, str, Path]
+@pytest.mark.parametrize("variable", ["AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE"])
+async def test_both_clients_trust_the_ca_bundle_the_environment_names(
+    monkeypatch: pytest.MonkeyPatch, https_recorder: tuple[Recorder, str, Path], variable: str
 ) -> None:
     recording, endpoint, ca_file = https_recorder
-    monkeypatch.setenv("AWS_CA_BUNDLE", str(ca_file))
+    for name in ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")  # no ca_bundle from the developer's own ~/.aws/config
+    monkeypatch.setenv(variable, str(ca_file))
     settings = S3Settings(s3_endpoint_url=endpoint)
     async with s3_client(settings) as client:
         await client.put_object(Bucket="bucket", Key="botocore", Body=b"x")
@@ -83,7 +87,8 @@ async def test_without_the_bundle_the_lean_client_refuses_an_unknown_ca(
     monkeypatch: pytest.MonkeyPatch, https_recorder: tuple[Recorder, str, Path]
 ) -> None:
     recording, endpoint, _ = https_recorder
-    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    for name in ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")  # no ca_bundle from the developer's own ~/.aws/config
     async with s3_objects(S3Settings(s3_endpoint_url=endpoint)) as objects:
         with pytest.raises(aiohttp.ClientConnectorCertificateError):

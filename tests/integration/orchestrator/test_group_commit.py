@@ -4,8 +4,10 @@ that fails never takes the others down with it; a transaction the database cut o
 import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import Any
 from uuid import UUID, uuid4
 
+import asyncpg
 import pytest
 from redis.asyncio import Redis
 from sqlalchemy import func, select
@@ -225,26 +227,43 @@ async def test_a_slot_freed_by_a_result_is_filled_in_the_same_transaction(
 # --- a database that goes away for a moment ---------------------------------------------------------------------------
 
 
-def cut_off_once(service: ObjectService, command: SubmitObjectV1, runs: list[int]) -> UseCase[CommandReplyV1]:
+def cut_off_once(
+    service: ObjectService, command: SubmitObjectV1, runs: list[int], dsn: str, between_statements: bool
+) -> UseCase[CommandReplyV1]:
     """A submission whose first run loses its connection mid-transaction: its server process is terminated, as a
-    PostgreSQL restart or failover ends every session."""
+    PostgreSQL restart or failover ends every session. Either while a statement runs, or from another session
+    between two statements (asyncpg then lets go of the connection at once, and the next statement meets that)."""
 
     async def use_case(uow: UnitOfWork) -> CommandReplyV1:
         runs.append(1)
+        if len(runs) == 1 and between_statements:
+            pid = await uow.connection.fetchval("SELECT pg_backend_pid()")
+            other = await asyncpg.connect(dsn)
+            try:
+                await other.execute("SELECT pg_terminate_backend($1)", pid)
+            finally:
+                await other.close()
+            await asyncio.sleep(0.2)  # for the loop to see the connection close
         reply = await service.submit(uow, command)
-        if len(runs) == 1:
+        if len(runs) == 1 and not between_statements:
             await uow.connection.execute("SELECT pg_terminate_backend(pg_backend_pid())")
         return reply
 
     return use_case
 
 
+@pytest.mark.parametrize("between_statements", [False, True], ids=["in a statement", "between statements"])
 async def test_a_transaction_cut_off_by_the_server_runs_again_and_applies_once(
-    orchestrator: Orchestrator, isolated_sessionmaker: Sessionmaker, transactions: Counter[str]
+    orchestrator: Orchestrator,
+    isolated_database: Database,
+    isolated_sessionmaker: Sessionmaker,
+    transactions: Counter[str],
+    between_statements: bool,
 ) -> None:
     command, plain = submission(), submission()
     runs: list[int] = []
-    reply = await orchestrator.run(cut_off_once(orchestrator.service, command, runs))
+    use_case = cut_off_once(orchestrator.service, command, runs, isolated_database.dsn, between_statements)
+    reply = await orchestrator.run(use_case)
     await orchestrator.run(submitting(orchestrator.service, plain))
 
     assert reply.outcome == "accepted"
@@ -277,17 +296,27 @@ async def test_a_use_case_that_fails_is_not_run_again(orchestrator: Orchestrator
 async def test_a_database_that_stays_unreachable_fails_the_batch_once_the_retries_run_out(
     redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(handlers, "DATABASE_RETRY_SECONDS", 0.5)
+    monkeypatch.setattr(handlers, "DATABASE_RETRY_SECONDS", 1.0)
     nowhere = Database(f"postgresql://postgres@127.0.0.1:{free_port()}/none", size=2)  # nothing listens there
     await nowhere.open()
     try:
         orchestrator = Orchestrator(nowhere, redis, OutboxRelay(nowhere, redis, stream_maxlen=1000), ObjectService(3))
+        attempts: list[int] = []
+        transaction = orchestrator._transaction
+
+        async def counted(batch: list[Any]) -> list[Any]:
+            attempts.append(len(batch))
+            return await transaction(batch)
+
+        monkeypatch.setattr(orchestrator, "_transaction", counted)
         commands = [submission() for _ in range(3)]
         outcomes = await orchestrator.run_all(
             [Job(submitting(orchestrator.service, command), {}) for command in commands]
         )
     finally:
         await nowhere.close()
-    # Each caller gets the error (its message stays pending), after retries within the window, not one by one
-    # after it (which would keep them waiting three windows).
+    # Each caller gets the error (its message stays pending), after the batch was tried again within the window,
+    # and never one by one after it (which would keep them waiting three windows).
     assert all(isinstance(outcome, OSError) for outcome in outcomes), outcomes
+    assert len(attempts) > 1, "tried again"
+    assert set(attempts) == {3}, f"the batch was split: {attempts}"
