@@ -8,13 +8,13 @@ from fastapi.responses import JSONResponse
 from faststream.redis import StreamSub
 from sqlalchemy import text
 
+from libs.common import problems
 from libs.common.auth import Authenticator
 from libs.common.broker import ensure_topology, make_broker, redis_client
 from libs.common.db.session import create_engine, create_sessionmaker
 from libs.common.events import AnyObjectCommand
 from libs.common.events.streams import OBJECT_COMMANDS, reply_channel
 from libs.common.ratelimit import RateLimiter
-from services.gateway import errors
 from services.gateway.apikeys import ApiKeyService
 from services.gateway.commands import CommandBus
 from services.gateway.middleware import BodyLimitMiddleware, LoadSheddingMiddleware, RequestContextMiddleware
@@ -95,7 +95,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     app = FastAPI(title="Object Processing API", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.broker = broker  # read by deploy/asyncapi.py to document the streams this service uses
-    errors.install(app)
+    problems.install(app)
     app.include_router(router)
     if settings.cors_origins:
         app.add_middleware(

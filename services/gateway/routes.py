@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 
 from libs.common.domain import ObjectState
 from libs.common.errors import ForbiddenError
+from libs.common.problems import Problem
 from libs.common.progress import ProgressDocument
 from services.gateway.apikeys import ApiKeyService
 from services.gateway.proxy import StreamProxy
@@ -21,7 +22,6 @@ from services.gateway.schemas import (
     Identifier,
     ObjectPage,
     ObjectResponse,
-    Problem,
     ProcessRequest,
     ProcessResponse,
     StatusResponse,

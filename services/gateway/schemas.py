@@ -4,6 +4,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
+import orjson
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -29,6 +30,31 @@ from libs.common.domain import (
 from libs.common.progress import OperationStatus
 from libs.common.registry import operation_options
 from libs.common.s3 import parse_s3_url
+
+
+def _holds_nul(value: Any) -> bool:
+    """Whether a NUL character is in any string of this JSON value, keys included."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in key or _holds_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False
+
+
+def refuse_nul(value: Any) -> Any:
+    """PostgreSQL cannot store a NUL character in text or jsonb: refused here, with a clear message, instead of
+    failing the insert later (where a submission was answered 503 after the reply timed out, every time)."""
+    try:  # a whole payload is walked only when its JSON has the escape at all (orjson: ~3 us for 1 KB)
+        suspect = b"\\u0000" in orjson.dumps(value)
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits: walk it
+        suspect = True
+    if suspect and _holds_nul(value):
+        msg = "a string holds the NUL character (\\u0000), which cannot be stored; remove it"
+        raise ValueError(msg)
+    return value
+
 
 Identifier = Annotated[
     str,
@@ -85,6 +111,8 @@ class ProcessRequest(BaseModel):
             msg = f"each operation may appear once; repeated: {', '.join(duplicates)}"
             raise ValueError(msg)
         return value
+
+    _no_nul = field_validator("payload", "source", "options", "metadata")(refuse_nul)
 
     @field_validator("source")
     @classmethod
@@ -158,17 +186,6 @@ class ObjectResponse(BaseModel):
     finished_at: datetime | None
 
 
-class Problem(BaseModel):
-    """RFC 9457 problem details: every error answer has this shape."""
-
-    type: str = "about:blank"
-    title: str
-    status: int
-    detail: str
-    instance: str | None = None
-    errors: list[dict[str, Any]] | None = None
-
-
 class ObjectPage(BaseModel):
     items: list[ObjectResponse]
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
@@ -216,7 +233,9 @@ class ApiKeyCreate(BaseModel):
 
     tenant: Tenant | None = Field(default=None, description="The key's tenant; the caller's own when omitted.")
     scopes: list[Scope] = Field(min_length=1, max_length=3, examples=[["submit", "read"]])
-    name: str | None = Field(default=None, max_length=200, description="What the key is for.")
+    name: Annotated[str | None, AfterValidator(refuse_nul)] = Field(
+        default=None, max_length=200, description="What the key is for."
+    )
 
 
 class ApiKeyResponse(BaseModel):

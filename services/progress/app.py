@@ -3,14 +3,14 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from libs.common import problems
 from libs.common.auth import Authenticator
 from libs.common.broker import ensure_topology, make_broker, redis_client
 from libs.common.db.session import create_engine, create_sessionmaker
-from libs.common.errors import ServiceError
 from libs.common.events import ObjectProgressedV1
 from libs.common.events.streams import OBJECT_EVENTS
 from libs.common.ratelimit import StreamSlots
@@ -72,21 +72,8 @@ def create_app(settings: ProgressSettings) -> FastAPI:
     app.state.broker = broker  # read by deploy/asyncapi.py to document the streams this service uses
     app.include_router(router)
 
-    @app.exception_handler(ServiceError)
-    async def on_service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        response = JSONResponse(
-            {
-                "type": "about:blank",
-                "title": exc.title,
-                "status": exc.http_status,
-                "detail": str(exc),
-                "instance": request.url.path,
-            },
-            status_code=exc.http_status,
-            media_type="application/problem+json",
-        )
-        response.headers.update(exc.headers())
-        return response
+    # As the gateway's: nginx sends the SSE streams straight here (deploy/nginx/nginx.conf).
+    problems.install(app)
 
     @app.get("/health")
     async def health() -> JSONResponse:

@@ -16,11 +16,18 @@ from services.progress.service import ProgressStreams, StreamFinished
 router = APIRouter(prefix="/api/v1")
 
 
+SEQ_MAX = 2**31 - 1
+"""The highest event id there can be (`object_event.seq` is an integer column)."""
+
+
 def _parse_last_event_id(value: str | None) -> int | None:
-    # Ids are ours (per-object sequence numbers); anything else a client sends is treated as "no position".
-    if value is None or not value.strip().isdigit():
+    # Ids are ours (per-object sequence numbers); anything else a client sends is treated as "no position". ASCII
+    # digits only: str.isdigit also takes '²' and other digits int() refuses. And no more than a seq can be: a bigger
+    # number would fail the query, after the stream's 200 was sent.
+    text = (value or "").strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(SEQ_MAX)) or int(text) > SEQ_MAX:
         return None
-    return int(value.strip())
+    return int(text)
 
 
 @router.get("/progress/{id}/stream", response_class=Response)

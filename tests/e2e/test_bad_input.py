@@ -5,6 +5,7 @@ from typing import Any
 import httpx
 import pytest
 
+from deploy.local.stack import Stack
 from tests.e2e.client import unique
 
 UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
@@ -37,6 +38,11 @@ BAD_BODIES: list[tuple[str, Any, int, str]] = [
     ("options for an absent operation", _body(options={"export": {"format": "csv"}}), 422, "not in `operations`"),
     ("unknown option", _body(options={"validate": {"strict": True}}), 422, "validate"),
     ("invalid JSON Schema", _body(options={"validate": {"schema": {"type": "nonsense"}}}), 422, "JSON Schema"),
+    # PostgreSQL stores no NUL character in text or jsonb: refused up front, not a 503 once the insert fails.
+    ("NUL in a payload string", _body(payload={"note": "a\u0000b"}), 422, "NUL"),
+    ("NUL in a metadata key", _body(metadata={"k\u0000": 1}), 422, "NUL"),
+    ("NUL in source", _body(source="s3://bucket/a\u0000.json"), 422, "NUL"),
+    ("NUL in an option", _body(options={"validate": {"schema": {"title": "\u0000"}}}), 422, "NUL"),
     (
         "invalid filter expression",
         _body(operations=["transform"], options={"transform": {"steps": [{"op": "filter", "expression": "a[?"}]}}),
@@ -96,7 +102,25 @@ async def test_unknown_and_malformed_ids_are_4xx(api: httpx.AsyncClient, method:
     assert response.json()["detail"]
 
 
-async def test_a_stream_header_that_is_not_ascii_is_forwarded_not_a_500(api: httpx.AsyncClient) -> None:
-    response = await api.get(f"/api/v1/progress/{UNKNOWN_ID}/stream", headers={b"Last-Event-ID": b"\xe9t\xe9"})
+# Latin-1 bytes as a header's text: 'été', and '²' (a digit to str.isdigit, not to int), then a number beyond any id.
+@pytest.mark.parametrize(
+    "value", [b"\xe9t\xe9", b"\xb2", b"99999999999999999999"], ids=["accents", "superscript", "huge"]
+)
+async def test_a_stream_header_that_is_no_event_id_is_forwarded_not_a_500(api: httpx.AsyncClient, value: bytes) -> None:
+    response = await api.get(f"/api/v1/progress/{UNKNOWN_ID}/stream", headers={b"Last-Event-ID": value})
     assert response.status_code == 404, response.text  # it reached the progress service: the object does not exist
     assert response.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [("/api/v1/progress/not-a-uuid/stream", 422), ("/api/v1/nowhere", 404)],
+    ids=["malformed id", "no such route"],
+)
+async def test_the_progress_service_answers_problems_too(stack: Stack, path: str, status: int) -> None:
+    # nginx (docker-compose) sends the SSE streams straight to the progress service, not through the gateway.
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.settings.progress_port}", timeout=30) as direct:
+        response = await direct.get(path)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["detail"]

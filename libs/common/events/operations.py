@@ -4,7 +4,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 
 from libs.common.domain import DEFAULT_TENANT, OperationName
 from libs.common.events.base import Message
@@ -95,12 +95,18 @@ class OperationCompletedV1(OperationMessage):
     """When the run that stored the artifact began (absent from older executors)."""
 
 
+def _storable(text: str) -> str:
+    """The text with each NUL character as U+FFFD: PostgreSQL cannot store NUL in text or jsonb, and an error that
+    quotes the object's data may hold one (the failure could then never be recorded)."""
+    return text.replace("\x00", "\ufffd")
+
+
 class OperationFailedV1(OperationMessage):
     """Executor -> orchestrator, when an operation cannot succeed (invalid data, bad options, storage gone)."""
 
     type: Literal["operation.failed.v1"] = "operation.failed.v1"
     executor_id: str
-    error: str
+    error: Annotated[str, AfterValidator(_storable)]
 
 
 class OperationCancelledV1(OperationMessage):

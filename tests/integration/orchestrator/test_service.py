@@ -653,6 +653,18 @@ async def test_failed_result_fails_the_object_with_its_error_message(isolated: P
     assert detail == message
 
 
+async def test_a_failure_quoting_a_nul_character_is_recorded(isolated: Pipeline) -> None:
+    object_id = await isolated.submit(["validate"])
+    run = await isolated.admit_one(object_id)
+
+    # An error that quotes the data it met: PostgreSQL would refuse the NUL, and the failure could never be applied.
+    await isolated.fail(failed(run, "bad value 'a\x00b'"))
+
+    snap = await snapshot(isolated.sessionmaker, object_id)
+    assert snap.obj.state == "failed"
+    assert snap.obj.error_message == "operation 'validate' failed: bad value 'a\ufffdb'"
+
+
 async def test_failure_frees_a_slot_for_the_next_queued_object(
     isolated_sessionmaker: Sessionmaker, isolated_database: Database
 ) -> None:

@@ -1,9 +1,13 @@
-"""Every error leaves the gateway as RFC 9457 problem details; no stack trace ever reaches a client."""
+"""Every error leaves the HTTP services (the gateway, and the progress service, which nginx may expose directly) as
+RFC 9457 problem details; no stack trace ever reaches a client."""
+
+from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError
@@ -12,7 +16,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 from libs.common.errors import RETRY_AFTER_SECONDS, ServiceError
-from services.gateway.schemas import Problem
 
 log = structlog.get_logger()
 
@@ -20,6 +23,17 @@ PROBLEM_JSON = "application/problem+json"
 # PoolTimeoutError: no database connection free within the pool timeout (overload), the same answer.
 DEPENDENCY_ERRORS = (OSError, TimeoutError, DBAPIError, PoolTimeoutError, RedisConnectionError, RedisTimeoutError)
 """Errors that mean PostgreSQL or Redis is unreachable or failing, not that the request is wrong."""
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details: every error answer has this shape."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    errors: list[dict[str, Any]] | None = None
 
 
 def problem(status: int, title: str, detail: str, request: Request, **extra: object) -> JSONResponse:
