@@ -7,6 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from libs.common.db.models import ObjectEvent, ProcessingObject
 
 REPLAY_LIMIT = 1000
+"""Events read from PostgreSQL at a time, for a stream that resumes far behind."""
 
 
 class EventReader:

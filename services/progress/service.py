@@ -10,6 +10,7 @@ from sse_starlette import ServerSentEvent
 from libs.common.db.models import ObjectEvent
 from libs.common.domain import TERMINAL_STATES
 from libs.common.errors import NotFoundError
+from services.progress import repository
 from services.progress.hub import Hub, Update
 from services.progress.repository import EventReader
 
@@ -53,6 +54,9 @@ class ProgressStreams:
                     last_sent = update.seq
                     if update.terminal:
                         return
+                if len(backlog) >= repository.REPLAY_LIMIT:  # a full page of history: read on before waiting for news
+                    backlog = await self._backlog(object_id, last_sent)
+                    continue
                 received = await subscription.queue.get()
                 if received is None:  # overflowed: close, the client resumes from its Last-Event-ID
                     return
