@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from uuid import UUID
 
 import orjson
+from sse_starlette import ServerSentEvent
 
 from libs.common.events import ObjectProgressedV1
 
@@ -14,12 +15,19 @@ from libs.common.events import ObjectProgressedV1
 @dataclass(frozen=True, slots=True)
 class Update:
     """One event as every subscriber of its object sends it: the document is encoded once, not once per subscriber
-    (with thousands of subscribers of one object, encoding was most of the fan-out's time)."""
+    (with thousands of subscribers of one object, encoding was most of the fan-out's time), and so is the SSE event
+    that carries it."""
 
     seq: int
     data: str
     """The progress document, as JSON."""
     terminal: bool
+    event: bytes
+    """The SSE event (`id:` and `data:`), as sse-starlette would encode it."""
+
+    @classmethod
+    def of(cls, seq: int, data: str, terminal: bool) -> "Update":
+        return cls(seq, data, terminal, ServerSentEvent(data=data, id=str(seq)).encode())
 
 
 @dataclass(eq=False)
@@ -64,7 +72,7 @@ class Hub:
             return
         # Encoded as the stored documents are (services/progress/service.py), so a resumed stream reads the same.
         data = orjson.dumps(event.document.model_dump(mode="json")).decode()
-        update = Update(event.seq, data, event.document.state.is_terminal)
+        update = Update.of(event.seq, data, event.document.state.is_terminal)
         for subscription in subscriptions:
             if subscription.overflowed:
                 continue

@@ -39,7 +39,7 @@ class ProgressStreams:
         if last_event_id is not None and last_event_id >= latest.seq and latest.document["state"] in TERMINAL:
             raise StreamFinished
 
-    async def events(self, object_id: UUID, last_event_id: int | None) -> AsyncIterator[ServerSentEvent]:
+    async def events(self, object_id: UUID, last_event_id: int | None) -> AsyncIterator[ServerSentEvent | bytes]:
         # Subscribe before reading PostgreSQL, so an event committed in between arrives through the queue.
         with self.hub.subscribe(object_id) as subscription:
             last_sent = last_event_id or 0
@@ -49,7 +49,12 @@ class ProgressStreams:
                 for update in backlog:
                     if update.seq <= last_sent:
                         continue
-                    yield ServerSentEvent(data=update.data, id=str(update.seq), retry=self.retry_ms if first else None)
+                    # The first carries `retry:`, for this stream alone; the others are the same bytes for everyone.
+                    yield (
+                        ServerSentEvent(data=update.data, id=str(update.seq), retry=self.retry_ms)
+                        if first
+                        else update.event
+                    )
                     first = False
                     last_sent = update.seq
                     if update.terminal:
@@ -76,4 +81,6 @@ class ProgressStreams:
                 rows = [latest] if latest else []
             else:
                 rows = list(await reader.after(object_id, after))
-        return [Update(row.seq, orjson.dumps(row.document).decode(), row.document["state"] in TERMINAL) for row in rows]
+        return [
+            Update.of(row.seq, orjson.dumps(row.document).decode(), row.document["state"] in TERMINAL) for row in rows
+        ]

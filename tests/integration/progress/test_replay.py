@@ -7,11 +7,18 @@ from uuid import UUID
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sse_starlette import ServerSentEvent
 
 from libs.common.db.models import ObjectEvent, ProcessingObject
 from services.progress import repository
 from services.progress.hub import Hub
 from services.progress.service import ProgressStreams
+
+
+def event_id(event: ServerSentEvent | bytes) -> str | None:
+    if isinstance(event, ServerSentEvent):
+        return event.id
+    return next(line[4:] for line in event.decode().splitlines() if line.startswith("id: "))
 
 
 async def an_object_with_events(sessionmaker: async_sessionmaker[AsyncSession], count: int) -> UUID:
@@ -43,7 +50,7 @@ async def test_a_stream_resumed_from_the_start_replays_every_page_to_the_end(
     streams = ProgressStreams(sessionmaker, Hub(queue_size=16), retry_ms=1000)
 
     async def replay() -> list[str | None]:
-        return [event.id async for event in streams.events(object_id, last_event_id=0)]
+        return [event_id(event) async for event in streams.events(object_id, last_event_id=0)]
 
     # Before: the first page, then a wait for news that never comes (the object is finished).
     ids = await asyncio.wait_for(replay(), timeout=5)
