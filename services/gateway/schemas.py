@@ -1,5 +1,6 @@
 """Request and response bodies of the HTTP API."""
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -31,27 +32,31 @@ from libs.common.progress import OperationStatus
 from libs.common.registry import operation_options
 from libs.common.s3 import parse_s3_url
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+"""NUL, which PostgreSQL stores in no text or jsonb, and lone UTF-16 surrogates (JSON's `\\ud800` unpaired), which
+are no UTF-8 at all: the standard library's JSON parser takes both."""
 
-def _holds_nul(value: Any) -> bool:
-    """Whether a NUL character is in any string of this JSON value, keys included."""
+
+def _holds_unstorable(value: Any) -> bool:
+    """Whether any string of this JSON value, keys included, holds a character in _UNSTORABLE."""
     if isinstance(value, str):
-        return "\x00" in value
+        return _UNSTORABLE.search(value) is not None
     if isinstance(value, dict):
-        return any("\x00" in key or _holds_nul(item) for key, item in value.items())
+        return any(_UNSTORABLE.search(key) or _holds_unstorable(item) for key, item in value.items())
     if isinstance(value, list):
-        return any(_holds_nul(item) for item in value)
+        return any(_holds_unstorable(item) for item in value)
     return False
 
 
-def refuse_nul(value: Any) -> Any:
-    """PostgreSQL cannot store a NUL character in text or jsonb: refused here, with a clear message, instead of
-    failing the insert later (where a submission was answered 503 after the reply timed out, every time)."""
+def refuse_unstorable(value: Any) -> Any:
+    """Refused here, with a clear message: a string that could not be stored failed later, where the submission was
+    answered 503 (the reply timed out, or the command could not be encoded), every time it was repeated."""
     try:  # a whole payload is walked only when its JSON has the escape at all (orjson: ~3 us for 1 KB)
         suspect = b"\\u0000" in orjson.dumps(value)
-    except orjson.JSONEncodeError:  # an integer beyond 64 bits: walk it
+    except orjson.JSONEncodeError:  # a lone surrogate, or an integer beyond 64 bits: walk it
         suspect = True
-    if suspect and _holds_nul(value):
-        msg = "a string holds the NUL character (\\u0000), which cannot be stored; remove it"
+    if suspect and _holds_unstorable(value):
+        msg = "a string holds the NUL character (\\u0000) or an unpaired surrogate (\\ud800-\\udfff); remove it"
         raise ValueError(msg)
     return value
 
@@ -112,7 +117,10 @@ class ProcessRequest(BaseModel):
             raise ValueError(msg)
         return value
 
-    _no_nul = field_validator("payload", "source", "options", "metadata")(refuse_nul)
+    @field_validator("payload", "source", "options", "metadata")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        return refuse_unstorable(value)
 
     @field_validator("source")
     @classmethod
@@ -233,7 +241,7 @@ class ApiKeyCreate(BaseModel):
 
     tenant: Tenant | None = Field(default=None, description="The key's tenant; the caller's own when omitted.")
     scopes: list[Scope] = Field(min_length=1, max_length=3, examples=[["submit", "read"]])
-    name: Annotated[str | None, AfterValidator(refuse_nul)] = Field(
+    name: Annotated[str | None, AfterValidator(refuse_unstorable)] = Field(
         default=None, max_length=200, description="What the key is for."
     )
 

@@ -11,6 +11,9 @@ from sse_starlette import ServerSentEvent
 
 from libs.common.events import ObjectProgressedV1
 
+Event = ServerSentEvent | bytes
+"""What a stream yields: an event, or one already encoded (an Update's, the same bytes for every subscriber)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Update:

@@ -6,18 +6,17 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import EventSourceResponse
 from starlette.types import Message, Send
 
 from libs.common.auth import Authenticator, Principal, Scope
+from libs.common.db.models import EVENT_SEQ_MAX
 from libs.common.errors import ForbiddenError, RateLimitedError
 from libs.common.ratelimit import StreamSlots
+from services.progress.hub import Event
 from services.progress.service import ProgressStreams, StreamFinished
 
 router = APIRouter(prefix="/api/v1")
-
-Event = ServerSentEvent | bytes
-"""What a stream yields: an event, or one already encoded (the same bytes for every subscriber)."""
 
 
 class EventStream(EventSourceResponse):
@@ -32,18 +31,16 @@ class EventStream(EventSourceResponse):
             await super()._send_with_timeout(send, message)
 
 
-SEQ_MAX = 2**31 - 1
-"""The highest event id there can be (`object_event.seq` is an integer column)."""
-
-
 def _parse_last_event_id(value: str | None) -> int | None:
     # Ids are ours (per-object sequence numbers); anything else a client sends is treated as "no position". ASCII
-    # digits only: str.isdigit also takes '²' and other digits int() refuses. And no more than a seq can be: a bigger
-    # number would fail the query, after the stream's 200 was sent.
+    # digits only: str.isdigit also takes '²' and other digits int() refuses. Their length is checked before int(),
+    # which refuses more than 4,300 digits (sys.int_info.str_digits_check_threshold) with an error; and the number
+    # can be no more than a seq can: a bigger one would fail the query, after the stream's 200 was sent.
     text = (value or "").strip()
-    if not (text.isascii() and text.isdigit()) or len(text) > len(str(SEQ_MAX)) or int(text) > SEQ_MAX:
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(EVENT_SEQ_MAX)):
         return None
-    return int(text)
+    position = int(text)
+    return position if position <= EVENT_SEQ_MAX else None
 
 
 @router.get("/progress/{id}/stream", response_class=Response)
@@ -60,9 +57,10 @@ async def progress_stream(
     principal = await authenticator.authenticate_stream(authenticator.credential(authorization, x_api_key), token, id)
     if not principal.allows(Scope.READ):
         raise ForbiddenError("this credential lacks the `read` scope")
-    position = _parse_last_event_id(last_event_id)
     try:
-        await streams.check(id, position, principal.tenant if authenticator.enabled else None)
+        position = await streams.check(
+            id, _parse_last_event_id(last_event_id), principal.tenant if authenticator.enabled else None
+        )
     except StreamFinished:
         return Response(status_code=204)  # tells EventSource to stop reconnecting
     events = streams.events(id, position)

@@ -102,14 +102,19 @@ async def test_unknown_and_malformed_ids_are_4xx(api: httpx.AsyncClient, method:
     assert response.json()["detail"]
 
 
-# Latin-1 bytes as a header's text: 'été', and '²' (a digit to str.isdigit, not to int), then a number beyond any id.
-@pytest.mark.parametrize(
-    "value", [b"\xe9t\xe9", b"\xb2", b"99999999999999999999"], ids=["accents", "superscript", "huge"]
-)
+# Latin-1 bytes as a header's text: 'été', and '²' (a digit to str.isdigit, not to int).
+@pytest.mark.parametrize("value", [b"\xe9t\xe9", b"\xb2"], ids=["accents", "superscript"])
 async def test_a_stream_header_that_is_no_event_id_is_forwarded_not_a_500(api: httpx.AsyncClient, value: bytes) -> None:
     response = await api.get(f"/api/v1/progress/{UNKNOWN_ID}/stream", headers={b"Last-Event-ID": value})
     assert response.status_code == 404, response.text  # it reached the progress service: the object does not exist
     assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_an_unpaired_surrogate_is_refused(api: httpx.AsyncClient) -> None:
+    # Valid to Python's JSON parser, but no UTF-8: the command carrying it could not be encoded (a 503, every time).
+    body = b'{"identifier": "%s", "operations": ["validate"], "payload": {"text": "\\ud800"}}' % unique("bad").encode()
+    response = await api.post("/api/v1/process", content=body, headers={"content-type": "application/json"})
+    _assert_problem(response, 422, "surrogate")
 
 
 @pytest.mark.parametrize(

@@ -80,6 +80,10 @@ class ObjectTransition(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
+EVENT_SEQ_MAX = 2**31 - 1
+"""The highest `object_event.seq` there can be (an integer column)."""
+
+
 class ObjectEvent(Base):
     """Every progress document an object went through, numbered; SSE replays from here on Last-Event-ID."""
 

@@ -1,5 +1,6 @@
 """Operation commands (orchestrator -> executors) and their results (executors -> orchestrator)."""
 
+import re
 from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
@@ -95,10 +96,13 @@ class OperationCompletedV1(OperationMessage):
     """When the run that stored the artifact began (absent from older executors)."""
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
 def _storable(text: str) -> str:
-    """The text with each NUL character as U+FFFD: PostgreSQL cannot store NUL in text or jsonb, and an error that
-    quotes the object's data may hold one (the failure could then never be recorded)."""
-    return text.replace("\x00", "\ufffd")
+    """The text with U+FFFD for each NUL (PostgreSQL stores none in text or jsonb) and each lone surrogate (no UTF-8
+    at all): an error that quotes the object's data may hold either, and the failure could then never be recorded."""
+    return _UNSTORABLE.sub("\ufffd", text)
 
 
 class OperationFailedV1(OperationMessage):

@@ -3,7 +3,8 @@ anything else is no position, never an error."""
 
 import pytest
 
-from services.progress.routes import SEQ_MAX, _parse_last_event_id
+from libs.common.db.models import EVENT_SEQ_MAX as SEQ_MAX
+from services.progress.routes import _parse_last_event_id
 
 
 @pytest.mark.parametrize(("value", "position"), [("0", 0), ("3", 3), (" 7 ", 7), (str(SEQ_MAX), SEQ_MAX)])
