@@ -36,6 +36,10 @@ OperationName = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-
 """An operation's name on the wire: a built-in `Operation`, or a plugin's name (see libs/common/registry.py)."""
 
 
+UNSTORABLE_CHARACTERS = re.compile("[\x00\ud800-\udfff]")
+"""What no stored string may hold: NUL, which PostgreSQL keeps in no text or jsonb, and lone UTF-16 surrogates
+(JSON's `\\ud800` unpaired, which Python's JSON parser takes), which are no UTF-8 at all."""
+
 IDENTIFIER_PATTERN = r"^[A-Za-z0-9](?:\.?[A-Za-z0-9_-])*\.?$"
 """Identifiers become S3 key prefixes: letters, digits, '-', '_' and single dots, starting with a letter or digit
 (so no '/', no '..'); 1-255 characters (a length limit beside the pattern). Written without look-ahead, so that

@@ -1,6 +1,5 @@
 """Request and response bodies of the HTTP API."""
 
-import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -23,6 +22,7 @@ from libs.common.auth import Scope
 from libs.common.domain import (
     IDENTIFIER_PATTERN,
     TENANT_PATTERN,
+    UNSTORABLE_CHARACTERS,
     ObjectState,
     OperationName,
     check_identifier,
@@ -32,17 +32,13 @@ from libs.common.progress import OperationStatus
 from libs.common.registry import operation_options
 from libs.common.s3 import parse_s3_url
 
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-"""NUL, which PostgreSQL stores in no text or jsonb, and lone UTF-16 surrogates (JSON's `\\ud800` unpaired), which
-are no UTF-8 at all: the standard library's JSON parser takes both."""
-
 
 def _holds_unstorable(value: Any) -> bool:
-    """Whether any string of this JSON value, keys included, holds a character in _UNSTORABLE."""
+    """Whether any string of this JSON value, keys included, holds one of UNSTORABLE_CHARACTERS."""
     if isinstance(value, str):
-        return _UNSTORABLE.search(value) is not None
+        return UNSTORABLE_CHARACTERS.search(value) is not None
     if isinstance(value, dict):
-        return any(_UNSTORABLE.search(key) or _holds_unstorable(item) for key, item in value.items())
+        return any(UNSTORABLE_CHARACTERS.search(key) or _holds_unstorable(item) for key, item in value.items())
     if isinstance(value, list):
         return any(_holds_unstorable(item) for item in value)
     return False

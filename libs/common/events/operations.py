@@ -1,13 +1,12 @@
 """Operation commands (orchestrator -> executors) and their results (executors -> orchestrator)."""
 
-import re
 from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 
-from libs.common.domain import DEFAULT_TENANT, OperationName
+from libs.common.domain import DEFAULT_TENANT, UNSTORABLE_CHARACTERS, OperationName
 from libs.common.events.base import Message
 from libs.common.events.data import JsonObject
 
@@ -96,13 +95,10 @@ class OperationCompletedV1(OperationMessage):
     """When the run that stored the artifact began (absent from older executors)."""
 
 
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
 def _storable(text: str) -> str:
     """The text with U+FFFD for each NUL (PostgreSQL stores none in text or jsonb) and each lone surrogate (no UTF-8
     at all): an error that quotes the object's data may hold either, and the failure could then never be recorded."""
-    return _UNSTORABLE.sub("\ufffd", text)
+    return UNSTORABLE_CHARACTERS.sub("\ufffd", text)
 
 
 class OperationFailedV1(OperationMessage):
