@@ -113,15 +113,12 @@ class Database:
             await transaction.start()
             try:
                 yield connection
-            except asyncpg.InterfaceError as exc:
-                if _lost(connection):  # a statement on it after it closed: its transaction ended with it
-                    raise ConnectionLostError("the connection closed mid-transaction: nothing committed") from exc
-                await transaction.rollback()
-                raise
-            except BaseException:
-                if not _lost(connection):  # a lost one's transaction ended with it, on the server
+            except BaseException as exc:
+                if not _lost(connection):
                     await transaction.rollback()
-                raise
+                elif isinstance(exc, asyncpg.InterfaceError):  # a statement on it after it closed
+                    raise ConnectionLostError("the connection closed mid-transaction: nothing committed") from exc
+                raise  # a lost one's transaction ended with it, on the server
             try:
                 await transaction.commit()
             except asyncpg.InterfaceError as exc:

@@ -40,7 +40,7 @@ from libs.common.events.streams import (
 from libs.common.reclaim import Reclaimer
 from libs.common.retry import backoff_delay
 from services.orchestrator.batches import MAX_BATCH, StreamBatch
-from services.orchestrator.database import ConnectionLostError, Database
+from services.orchestrator.database import Database
 from services.orchestrator.inflight import lost_operations
 from services.orchestrator.outbox import OutboxRelay
 from services.orchestrator.repository import ObjectRepository, OutboxRow
@@ -63,9 +63,8 @@ DATABASE_RETRY_BASE_SECONDS = 0.2
 """The first pause; each next one doubles, up to DATABASE_RETRY_MAX_SECONDS (all jittered to 50-150 %)."""
 DATABASE_RETRY_MAX_SECONDS = 1.0
 DATABASE_UNREACHABLE = (
-    OSError,  # refused, reset, timed out (TimeoutError is one): the server is down or restarting
+    OSError,  # refused, reset, timed out, ConnectionLostError: the server is down or restarting
     asyncpg.PostgresConnectionError,  # the connection was lost mid-transaction
-    ConnectionLostError,  # the same, found out between statements
     asyncpg.exceptions.AdminShutdownError,  # the server is shutting down, or a session was terminated
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.CannotConnectNowError,  # the server is starting up

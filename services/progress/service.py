@@ -45,7 +45,7 @@ class ProgressStreams:
             raise NotFoundError(f"no object with id {object_id}")
         if last_event_id is not None and last_event_id >= latest.seq and latest.document["state"] in TERMINAL:
             raise StreamFinished
-        return last_event_id if last_event_id is None or last_event_id <= latest.seq else None
+        return last_event_id if last_event_id is not None and last_event_id <= latest.seq else None
 
     async def events(self, object_id: UUID, last_event_id: int | None) -> AsyncIterator[Event]:
         """`last_event_id` as `check` returned it. Ends (the client resumes from its Last-Event-ID) when the object's
