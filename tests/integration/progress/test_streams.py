@@ -5,7 +5,6 @@ that cannot answer ends the stream instead of failing it."""
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from uuid import UUID
 
 import pytest
@@ -15,36 +14,16 @@ from sse_starlette import ServerSentEvent
 from deploy.local.stack import free_port
 from libs.common.db.models import ObjectEvent, ProcessingObject
 from libs.common.domain import ObjectState
-from libs.common.events import ObjectProgressedV1
-from libs.common.progress import Progress, ProgressDocument
 from services.progress import repository
 from services.progress.hub import Hub
 from services.progress.service import ProgressStreams
+from tests.unit.progress.test_hub import event
 
 
 def event_id(event: ServerSentEvent | bytes) -> str | None:
     if isinstance(event, ServerSentEvent):
         return event.id
     return next(line[4:] for line in event.decode().splitlines() if line.startswith("id: "))
-
-
-def progressed(object_id: UUID, seq: int, state: str) -> ObjectProgressedV1:
-    now = datetime.now(UTC)
-    document = ProgressDocument(
-        id=object_id,
-        identifier=f"replay-{object_id.hex[:8]}",
-        state=ObjectState(state),
-        current_operation=None,
-        progress=Progress(current=1, total=1, message=state),
-        operations_status={},
-        s3_artifacts={},
-        error_message=None,
-        task_id=uuid.uuid4(),
-        operations=["validate"],
-        created_at=now,
-        updated_at=now,
-    )
-    return ObjectProgressedV1(object_id=object_id, seq=seq, change="state_changed", document=document)
 
 
 @pytest.fixture
@@ -105,7 +84,7 @@ async def test_an_id_beyond_the_object_s_events_streams_from_its_current_documen
     stream = streams.events(object_id, position)
     assert event_id(await anext(stream)) == "3"
     # Kept at 999, the stream would have left out every event to come as old.
-    hub.publish(progressed(object_id, 4, "completed"))
+    hub.publish(event(object_id, 4, ObjectState.COMPLETED))
     assert event_id(await asyncio.wait_for(anext(stream), timeout=5)) == "4"
 
 

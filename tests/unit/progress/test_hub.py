@@ -13,12 +13,12 @@ from libs.common.progress import Progress, ProgressDocument
 from services.progress.hub import Hub, Subscription
 
 
-def event(object_id: UUID, seq: int) -> ObjectProgressedV1:
+def event(object_id: UUID, seq: int, state: ObjectState = ObjectState.PROCESSING) -> ObjectProgressedV1:
     now = datetime.now(UTC)
     document = ProgressDocument(
         id=object_id,
         identifier=f"object-{object_id}",
-        state=ObjectState.PROCESSING,
+        state=state,
         current_operation="validate",
         progress=Progress(current=1, total=1, message="Executing validate"),
         operations_status={},
